@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Start the gateway in the foreground with the configuration taken from GW_*
+# environment variables (documented in README.md). The KEMI Python reads the same
+# variables; this script only turns the listening sockets and paths into Kamailio
+# command-line options.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+
+export GW_LISTEN_IP="${GW_LISTEN_IP:-127.0.0.1}"
+export GW_WS_PORT="${GW_WS_PORT:-8080}"
+export GW_SIP_PORT="${GW_SIP_PORT:-5060}"
+export GW_UPSTREAM="${GW_UPSTREAM:-}"
+export GW_SUBSCRIBERS="${GW_SUBSCRIBERS:-$ROOT/etc/subscribers.txt}"
+export GW_CODECS="${GW_CODECS:-PCMU,PCMA,telephone-event}"
+export GW_RUN_DIR="${GW_RUN_DIR:-$ROOT/.run/gw-$GW_WS_PORT}"
+GW_SHM_MB="${GW_SHM_MB:-512}"
+GW_PKG_MB="${GW_PKG_MB:-16}"
+GW_CHILDREN="${GW_CHILDREN:-4}"
+KAMAILIO="${KAMAILIO:-/usr/sbin/kamailio}"
+
+mkdir -p "$GW_RUN_DIR"
+
+exec "$KAMAILIO" \
+    -f "$ROOT/kamailio/kamailio.cfg" \
+    -DD -E \
+    -m "$GW_SHM_MB" -M "$GW_PKG_MB" \
+    -P "$GW_RUN_DIR/kamailio.pid" \
+    -Y "$GW_RUN_DIR" \
+    -l "udp:$GW_LISTEN_IP:$GW_SIP_PORT" \
+    -l "tcp:$GW_LISTEN_IP:$GW_SIP_PORT" \
+    -l "tcp:$GW_LISTEN_IP:$GW_WS_PORT" \
+    -A "GW_KEMI_SCRIPT=\"$ROOT/kemi/gateway.py\"" \
+    -A "GW_CHILDREN=$GW_CHILDREN" \
+    "$@"

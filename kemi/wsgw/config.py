@@ -1,0 +1,69 @@
+"""Gateway configuration from GW_* environment variables (the contract in README.md)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping
+
+from .errors import GatewayError
+from .sip_uri import SipUri, parse_sip_uri
+
+
+def _int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be an integer, got {raw!r}") from None
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    listen_ip: str = "127.0.0.1"
+    ws_port: int = 8080
+    sip_port: int = 5060
+    upstream: SipUri | None = None
+    subscribers_path: str = ""
+    codecs: tuple[str, ...] = ("PCMU", "PCMA", "telephone-event")
+    # Expiry requested from the upstream registrar and reported in embedded mode.
+    register_expires: int = 600
+    # Seconds an inbound call rings before the gateway gives up (480).
+    ring_timeout: int = 60
+    # Seconds without any reply before a request is declared unreachable.
+    sip_timeout: int = 8
+    extra: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def embedded(self) -> bool:
+        """True when the gateway is its own registrar (no GW_UPSTREAM)."""
+        return self.upstream is None
+
+    @property
+    def sip_socket(self) -> str:
+        return f"udp:{self.listen_ip}:{self.sip_port}"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> "GatewayConfig":
+        upstream_raw = env.get("GW_UPSTREAM", "").strip()
+        upstream = None
+        if upstream_raw:
+            try:
+                upstream = parse_sip_uri(upstream_raw)
+            except GatewayError as exc:
+                raise ValueError(f"GW_UPSTREAM: {exc.reason}") from None
+        codecs = tuple(c.strip() for c in env.get("GW_CODECS", "PCMU,PCMA,telephone-event").split(",") if c.strip())
+        if not codecs:
+            raise ValueError("GW_CODECS must name at least one codec")
+        return cls(
+            listen_ip=env.get("GW_LISTEN_IP", "127.0.0.1").strip() or "127.0.0.1",
+            ws_port=_int(env, "GW_WS_PORT", 8080),
+            sip_port=_int(env, "GW_SIP_PORT", 5060),
+            upstream=upstream,
+            subscribers_path=env.get("GW_SUBSCRIBERS", "").strip(),
+            codecs=codecs,
+            register_expires=_int(env, "GW_REGISTER_EXPIRES", 600),
+            ring_timeout=_int(env, "GW_RING_TIMEOUT", 60),
+            sip_timeout=_int(env, "GW_SIP_TIMEOUT", 8),
+        )

@@ -1,0 +1,28 @@
+"""Everything a handler needs, passed explicitly (no module globals)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from .config import GatewayConfig
+from .connections import ConnRef
+from .sip_port import Outbox, SipPort
+from .store import Store
+from .subscribers import Subscribers
+
+
+@dataclass
+class Context:
+    config: GatewayConfig
+    store: Store
+    outbox: Outbox
+    sip: SipPort
+    subscribers: Subscribers | None = None
+    clock: Callable[[], float] = time.time
+    log: logging.Logger = field(default_factory=lambda: logging.getLogger("wsgw"))
+
+    def send(self, conn: ConnRef, message: dict) -> bool:
+        return self.outbox.send(conn, message)

@@ -1,0 +1,59 @@
+"""One handler per client message type, and the dispatcher that runs them.
+
+A handler gets the context, the sender's connection and the validated frame.
+It either sends its reply itself (possibly later, from another worker, when a
+SIP reply arrives) or raises GatewayError, which becomes the `error` reply.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from . import errors, protocol, registrations
+from .connections import ConnRef
+from .context import Context
+from .errors import GatewayError
+from .protocol import Frame, ProtocolError
+
+Handler = Callable[[Context, ConnRef, Frame], None]
+
+
+def handle_register(ctx: Context, conn: ConnRef, frame: Frame) -> None:
+    registrations.register(ctx, conn, frame.id, frame.payload)
+
+
+def handle_unregister(ctx: Context, conn: ConnRef, frame: Frame) -> None:
+    registrations.unregister(ctx, conn, frame.id)
+
+
+def handle_ping(ctx: Context, conn: ConnRef, frame: Frame) -> None:
+    ctx.send(conn, protocol.message("pong", {"time": int(ctx.clock() * 1000)}, frame.id))
+
+
+HANDLERS: dict[str, Handler] = {
+    "register": handle_register,
+    "unregister": handle_unregister,
+    "ping": handle_ping,
+}
+
+
+def add_handler(msg_type: str, handler: Handler) -> None:
+    HANDLERS[msg_type] = handler
+
+
+def dispatch(ctx: Context, conn: ConnRef, text: str) -> None:
+    """Handle one client frame; every failure becomes an `error` reply on the same connection."""
+    try:
+        frame = protocol.parse_frame(text)
+    except ProtocolError as exc:
+        ctx.log.info("frame refused conn=%s code=%s reason=%s", conn, exc.code, exc.reason)
+        ctx.send(conn, protocol.error_message(exc.code, exc.reason, exc.request_id, exc.msg_type))
+        return
+    try:
+        HANDLERS[frame.type](ctx, conn, frame)
+    except GatewayError as exc:
+        ctx.log.info("request refused conn=%s type=%s code=%s reason=%s", conn, frame.type, exc.code, exc.reason)
+        ctx.send(conn, protocol.error_message(exc.code, exc.reason, frame.id, frame.type))
+    except Exception:  # a bug must not take the connection down: report it and go on
+        ctx.log.exception("handler %s failed conn=%s", frame.type, conn)
+        ctx.send(conn, protocol.error_message(errors.INTERNAL, "internal error", frame.id, frame.type))

@@ -1,0 +1,203 @@
+"""The thin shell: the only module (with ws_send) that talks to Kamailio's KSR.
+
+It turns Kamailio callbacks into calls of the pure core and implements the
+core's interfaces (Store, SipPort, Outbox) with htable, tm and wss_send.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from contextlib import contextmanager
+from typing import Iterator
+
+import KSR  # type: ignore[import-not-found]
+
+from . import handlers, protocol, registrations, ws_send
+from .config import GatewayConfig
+from .connections import ConnRef
+from .context import Context
+from .sip_port import OutgoingRequest, SipReply
+from .subscribers import load_subscribers
+
+_SIP_FIRST_LINE = re.compile(r"^(?:[A-Z]+ \S+ SIP/2\.0|SIP/2\.0 \d{3} )")
+_PROTO_BY_NAME = {"ws": ws_send.PROTO_WS, "wss": ws_send.PROTO_WSS}
+# Reply headers the core may look at.
+_REPLY_HEADERS = ("WWW-Authenticate", "Proxy-Authenticate", "Expires", "Contact", "Record-Route", "To")
+
+
+class KsrLogHandler(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        text = self.format(record).replace("\n", " | ") + "\n"
+        if record.levelno >= logging.ERROR:
+            KSR.err(text)
+        elif record.levelno >= logging.WARNING:
+            KSR.warn(text)
+        elif record.levelno >= logging.INFO:
+            KSR.info(text)
+        else:
+            KSR.dbg(text)
+
+
+class HtableStore:
+    """Store on Kamailio htable shared memory (tables declared in kamailio.cfg)."""
+
+    def get(self, table: str, key: str) -> str | None:
+        value = KSR.htable.sht_get(table, key)
+        return None if value is None else str(value)
+
+    def put(self, table: str, key: str, value: str) -> None:
+        KSR.htable.sht_sets(table, key, value)
+
+    def delete(self, table: str, key: str) -> None:
+        KSR.htable.sht_rm(table, key)
+
+    def incr(self, table: str, key: str) -> int:
+        return int(KSR.htable.sht_inc(table, key))
+
+    @contextmanager
+    def lock(self, table: str, key: str) -> Iterator[None]:
+        # htable slot locks are recursive within one process.
+        KSR.htable.sht_lock(table, key)
+        try:
+            yield
+        finally:
+            KSR.htable.sht_unlock(table, key)
+
+    def keys(self, table: str) -> list[str]:
+        it = "wsgw_keys"
+        keys: list[str] = []
+        if KSR.htable.sht_iterator_start(it, table) < 0:
+            return keys
+        try:
+            while KSR.htable.sht_iterator_next(it) > 0:
+                keys.append(str(KSR.pv.get("$shtitkey(" + it + ")")))
+        finally:
+            KSR.htable.sht_iterator_end(it)
+        return keys
+
+
+class WsOutbox:
+    def send(self, conn: ConnRef, message: dict) -> bool:
+        ok = ws_send.send_text(conn.ip, conn.port, conn.proto, protocol.encode(message))
+        if not ok:
+            logging.getLogger("wsgw").warning("could not send %s to conn=%s", message.get("type"), conn)
+        return ok
+
+
+class TmSipPort:
+    def __init__(self, socket: str) -> None:
+        self.socket = socket
+
+    def send_request(self, request: OutgoingRequest) -> bool:
+        rc = KSR.tm.t_uac_send(request.method, request.ruri, request.nexthop, self.socket, request.headers, request.body)
+        if rc < 0:
+            logging.getLogger("wsgw").error("t_uac_send %s %s failed rc=%s", request.method, request.ruri, rc)
+        return rc >= 0
+
+
+class Gateway:
+    """Per-process glue created by the KEMI entry (kemi/gateway.py)."""
+
+    def __init__(self) -> None:
+        log = logging.getLogger("wsgw")
+        if not log.handlers:
+            handler = KsrLogHandler()
+            handler.setFormatter(logging.Formatter("wsgw %(levelname)s %(message)s"))
+            log.addHandler(handler)
+            log.setLevel(logging.INFO)
+            log.propagate = False
+        config = GatewayConfig.from_env(os.environ)
+        subscribers = load_subscribers(config.subscribers_path) if config.embedded and config.subscribers_path else None
+        ws_send.self_check()
+        self.ctx = Context(
+            config=config,
+            store=HtableStore(),
+            outbox=WsOutbox(),
+            sip=TmSipPort(config.sip_socket),
+            subscribers=subscribers,
+            log=log,
+        )
+
+    # -- WebSocket frames (received-route callback) --
+
+    def on_received(self) -> int:
+        proto = KSR.pv.get("$rcv(proto)")
+        if proto not in (ws_send.PROTO_WS, ws_send.PROTO_WSS):
+            return 1  # UDP/TCP SIP: continue to the request route
+        buf = KSR.pv.get("$rcv(buf)") or ""
+        if _SIP_FIRST_LINE.match(buf):
+            return 1  # SIP over WebSocket (legacy clients): normal SIP processing
+        conn = ConnRef(int(proto), str(KSR.pv.get("$rcv(srcip)")), int(KSR.pv.get("$rcv(srcport)")))
+        handlers.dispatch(self.ctx, conn, buf)
+        # The buffer now fails SIP parsing and is dropped by event_route[nosip:msg].
+        return 1
+
+    def on_websocket_closed(self) -> None:
+        proto = _PROTO_BY_NAME.get(str(KSR.pv.get("$pr")).lower(), ws_send.PROTO_WS)
+        conn = ConnRef(proto, str(KSR.pv.get("$si")), int(KSR.pv.get("$sp")))
+        self.ctx.log.info("websocket closed conn=%s", conn)
+        registrations.connection_closed(self.ctx, conn)
+
+    # -- SIP replies to the gateway's own requests --
+
+    def on_local_request(self) -> None:
+        KSR.tm.t_on_reply("ksr_uac_reply")
+
+    def on_uac_reply(self) -> None:
+        reply = self._reply()
+        if reply.method == "REGISTER":
+            registrations.on_register_reply(self.ctx, reply)
+
+    def _reply(self) -> SipReply:
+        headers = {}
+        for name in _REPLY_HEADERS:
+            value = KSR.pv.get("$(hdr(" + name + ")[*])")
+            if value is not None:
+                headers[name.lower()] = str(value)
+        cseq = str(KSR.pv.get("$hdr(CSeq)") or "0 X").split()
+        return SipReply(
+            status=int(KSR.pv.get("$rs")),
+            reason=str(KSR.pv.get("$rr") or ""),
+            call_id=str(KSR.pv.get("$ci") or ""),
+            cseq=int(cseq[0]),
+            method=cseq[1].upper() if len(cseq) > 1 else "",
+            headers=headers,
+            body=str(KSR.pv.get("$rb") or ""),
+        )
+
+    # -- SIP requests from the network --
+
+    def on_sip_request(self) -> int:
+        if KSR.maxfwd.process_maxfwd(10) < 0:
+            KSR.sl.sl_send_reply(483, "Too Many Hops")
+            return 1
+        method = KSR.pv.get("$rm")
+        if method == "ACK":
+            KSR.tm.t_check_trans()
+            return 1
+        if method == "OPTIONS":
+            KSR.sl.sl_send_reply(200, "OK")
+            return 1
+        KSR.sl.sl_send_reply(501, "Not Implemented")
+        return 1
+
+    # -- HTTP on the WebSocket port --
+
+    def on_http(self) -> int:
+        upgrade = str(KSR.pv.get("$hdr(Upgrade)") or "").lower()
+        if upgrade == "websocket":
+            KSR.websocket.handle_handshake()
+            return 1
+        path = str(KSR.pv.get("$hu") or "/").split("?")[0]
+        if path in ("/", "/health"):
+            KSR.xhttp.xhttp_reply(200, "OK", "application/json", protocol.encode({"status": "up", "server": "kamailio-wsgw"}))
+        else:
+            KSR.xhttp.xhttp_reply(404, "Not Found", "text/plain", "not found\n")
+        return 1
+
+    # -- timer process --
+
+    def on_timer(self) -> None:
+        registrations.tick(self.ctx)

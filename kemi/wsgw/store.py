@@ -1,0 +1,80 @@
+"""The one interface to state shared by all Kamailio worker processes.
+
+Kamailio forks several workers, each with its own Python interpreter, so
+nothing another worker may need can live in Python globals. In Kamailio the
+store is htable shared memory (`ksr_adapter.HtableStore`); unit tests use
+`MemoryStore`. Values are strings (JSON for records).
+"""
+
+from __future__ import annotations
+
+import threading
+from contextlib import contextmanager
+from typing import Any, Iterator, Protocol
+
+from .protocol import decode, encode
+
+# Table names; each is declared with modparam("htable", ...) in kamailio/kamailio.cfg.
+CONN = "conn"  # ConnRef key -> {"dn": ..., "since": ...}
+REG = "reg"  # DN -> Registration JSON
+REG_BY_CALL_ID = "regcid"  # SIP Call-ID of our REGISTER -> DN
+CALLS = "calls"
+CALLS_BY_SIP_ID = "callsip"
+COUNTERS = "gw"
+
+
+class Store(Protocol):
+    def get(self, table: str, key: str) -> str | None: ...
+
+    def put(self, table: str, key: str, value: str) -> None: ...
+
+    def delete(self, table: str, key: str) -> None: ...
+
+    def incr(self, table: str, key: str) -> int:
+        """Atomically add one and return the new value (missing keys start at 0)."""
+        ...
+
+    def lock(self, table: str, key: str) -> Any:
+        """A context manager serialising read-modify-write of `key` across workers."""
+        ...
+
+    def keys(self, table: str) -> list[str]: ...
+
+
+def get_json(store: Store, table: str, key: str) -> dict | None:
+    raw = store.get(table, key)
+    return decode(raw) if raw else None
+
+
+def put_json(store: Store, table: str, key: str, value: dict) -> None:
+    store.put(table, key, encode(value))
+
+
+class MemoryStore:
+    """In-process Store for unit tests (one interpreter, so a plain dict)."""
+
+    def __init__(self) -> None:
+        self.tables: dict[str, dict[str, str]] = {}
+        self._lock = threading.RLock()
+
+    def get(self, table: str, key: str) -> str | None:
+        return self.tables.get(table, {}).get(key)
+
+    def put(self, table: str, key: str, value: str) -> None:
+        self.tables.setdefault(table, {})[key] = value
+
+    def delete(self, table: str, key: str) -> None:
+        self.tables.get(table, {}).pop(key, None)
+
+    def incr(self, table: str, key: str) -> int:
+        value = int(self.tables.get(table, {}).get(key, "0")) + 1
+        self.put(table, key, str(value))
+        return value
+
+    @contextmanager
+    def lock(self, table: str, key: str) -> Iterator[None]:
+        with self._lock:
+            yield
+
+    def keys(self, table: str) -> list[str]:
+        return list(self.tables.get(table, {}))
