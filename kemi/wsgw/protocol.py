@@ -14,8 +14,12 @@ from typing import Any, Callable
 
 try:  # ujson is several times faster; the stdlib keeps unit tests independent of it.
     import ujson as _json
+
+    _DUMP_OPTIONS = {"ensure_ascii": False, "escape_forward_slashes": False}
 except ImportError:  # pragma: no cover
     import json as _json  # type: ignore[no-redef]
+
+    _DUMP_OPTIONS = {"ensure_ascii": False, "separators": (",", ":")}
 
 from . import errors
 from .errors import GatewayError
@@ -154,7 +158,7 @@ def error_message(code: str, reason: str, request_id: str | None = None, request
 
 
 def encode(msg: dict) -> str:
-    return _json.dumps(msg, ensure_ascii=False)
+    return _json.dumps(msg, **_DUMP_OPTIONS)
 
 
 def decode(text: str) -> Any:
