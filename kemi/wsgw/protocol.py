@@ -118,13 +118,13 @@ def parse_frame(text: str | bytes) -> Frame:
         raise ProtocolError(errors.BAD_JSON, "frame must be a JSON object")
 
     request_id = obj.get("id")
-    if request_id is not None and (not isinstance(request_id, str) or not _ID_RE.match(request_id)):
+    if "id" in obj and (not isinstance(request_id, str) or not _ID_RE.fullmatch(request_id)):
         raise ProtocolError(errors.INVALID_PAYLOAD, f"id must be a string of 1-{MAX_ID_LEN} printable characters")
 
     msg_type = obj.get("type")
     if not isinstance(msg_type, str) or not msg_type:
         raise ProtocolError(errors.INVALID_PAYLOAD, "missing or non-string field: type", request_id)
-    if not _TYPE_RE.match(msg_type) or msg_type not in REQUEST_TYPES:
+    if not _TYPE_RE.fullmatch(msg_type) or msg_type not in REQUEST_TYPES:
         raise ProtocolError(errors.UNKNOWN_TYPE, f"unknown message type: {msg_type[:40]!r}", request_id)
 
     extra = set(obj) - {"type", "payload", "id"}

@@ -172,6 +172,10 @@ def release(ctx: Context, conn: ConnRef, dn: str) -> None:
         if reg is None or reg.conn != conn.key:
             return
         if reg.mode == "upstream" and reg.state in (REGISTERED, PENDING):
+            if reg.state == PENDING and reg.request_id is not None:
+                # The pending `register` still gets its one final reply.
+                ctx.send(conn, protocol.error_message(
+                    errors.NOT_REGISTERED, "unregistered before the registrar answered", reg.request_id, "register"))
             reg.state = UNREGISTERING
             reg.request_id = None
             reg.auth_attempts = 0

@@ -26,7 +26,7 @@ _TOKEN_RE = re.compile(r"^[A-Za-z0-9._~-]{1,64}$")
 
 
 def validate_dn(value: object, field: str = "dn") -> str:
-    if not isinstance(value, str) or not _DN_RE.match(value):
+    if not isinstance(value, str) or not _DN_RE.fullmatch(value):
         raise GatewayError(
             errors.INVALID_PAYLOAD,
             f"{field} must be 1-{MAX_DN_LEN} characters of digits, letters, '.', '_', '-' (optional leading '+')",
@@ -53,7 +53,7 @@ def validate_password(value: object, field: str = "password") -> str:
 
 def validate_token(value: object, field: str) -> str:
     """Identifiers chosen by the client (callId, request id): a safe token."""
-    if not isinstance(value, str) or not _TOKEN_RE.match(value):
+    if not isinstance(value, str) or not _TOKEN_RE.fullmatch(value):
         raise GatewayError(errors.INVALID_PAYLOAD, f"{field} must be 1-64 characters of letters, digits, '.', '_', '~', '-'")
     return value
 

@@ -36,7 +36,7 @@ class SipUri:
 
 def parse_sip_uri(text: str) -> SipUri:
     """Parse a plain `sip:[user@]host[:port][;transport=x]` URI (no headers, no escapes)."""
-    m = _URI_RE.match(text.strip())
+    m = _URI_RE.fullmatch(text.strip())
     if not m:
         raise GatewayError(errors.INVALID_PAYLOAD, f"not a SIP URI: {text[:80]!r}")
     transport = None
