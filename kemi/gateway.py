@@ -73,5 +73,8 @@ class kamailio:
     def ksr_uac_reply(self, msg):
         return _guard(self.gw.on_uac_reply)
 
+    def ksr_inbound_continue(self, msg):
+        return _guard(self.gw.on_inbound_continue)
+
     def ksr_timer(self, msg, evname=None):
         return _guard(self.gw.on_timer)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from . import errors, protocol, registrations
+from . import calls, errors, protocol, registrations
 from .connections import ConnRef
 from .context import Context
 from .errors import GatewayError
@@ -30,15 +30,31 @@ def handle_ping(ctx: Context, conn: ConnRef, frame: Frame) -> None:
     ctx.send(conn, protocol.message("pong", {"time": int(ctx.clock() * 1000)}, frame.id))
 
 
+def handle_call(ctx: Context, conn: ConnRef, frame: Frame) -> None:
+    calls.place_call(ctx, conn, frame.id, frame.payload)
+
+
+def handle_hangup(ctx: Context, conn: ConnRef, frame: Frame) -> None:
+    calls.hangup(ctx, conn, frame.id, frame.payload)
+
+
+def handle_answer(ctx: Context, conn: ConnRef, frame: Frame) -> None:
+    calls.answer(ctx, conn, frame.id, frame.payload)
+
+
+def handle_reject(ctx: Context, conn: ConnRef, frame: Frame) -> None:
+    calls.reject(ctx, conn, frame.id, frame.payload)
+
+
 HANDLERS: dict[str, Handler] = {
     "register": handle_register,
     "unregister": handle_unregister,
     "ping": handle_ping,
+    "call": handle_call,
+    "hangup": handle_hangup,
+    "answer": handle_answer,
+    "reject": handle_reject,
 }
-
-
-def add_handler(msg_type: str, handler: Handler) -> None:
-    HANDLERS[msg_type] = handler
 
 
 def dispatch(ctx: Context, conn: ConnRef, text: str) -> None:

@@ -14,7 +14,7 @@ from typing import Iterator
 
 import KSR  # type: ignore[import-not-found]
 
-from . import handlers, protocol, registrations, ws_send
+from . import calls, handlers, protocol, registrations, ws_send
 from .config import GatewayConfig
 from .connections import ConnRef
 from .context import Context
@@ -86,9 +86,24 @@ class WsOutbox:
         return ok
 
 
+# Data for the t_continue callback, which runs synchronously in this process
+# (see TmSipPort.reply_suspended and Gateway.on_inbound_continue).
+_continue: dict = {}
+
+
 class TmSipPort:
     def __init__(self, socket: str) -> None:
         self.socket = socket
+
+    def cancel(self, sip_call_id: str, invite_cseq: int) -> bool:
+        return KSR.tmx.t_cancel_callid(sip_call_id, str(invite_cseq), 0) > 0
+
+    def reply_suspended(self, t_index: int, t_label: int, code: int, reason: str, headers: str, body: str) -> str | None:
+        _continue.clear()
+        _continue.update(code=code, reason=reason, headers=headers, body=body, done=False)
+        KSR.tmx.t_continue(t_index, t_label, "ksr_inbound_continue")
+        # t_continue on a cancelled/finished transaction does not run the callback.
+        return _continue.get("to_tag", "") if _continue.get("done") else None
 
     def send_request(self, request: OutgoingRequest) -> bool:
         rc = KSR.tm.t_uac_send(request.method, request.ruri, request.nexthop, self.socket, request.headers, request.body)
@@ -138,6 +153,7 @@ class Gateway:
         proto = _PROTO_BY_NAME.get(str(KSR.pv.get("$pr")).lower(), ws_send.PROTO_WS)
         conn = ConnRef(proto, str(KSR.pv.get("$si")), int(KSR.pv.get("$sp")))
         self.ctx.log.info("websocket closed conn=%s", conn)
+        calls.connection_closed(self.ctx, conn)
         registrations.connection_closed(self.ctx, conn)
 
     # -- SIP replies to the gateway's own requests --
@@ -149,6 +165,18 @@ class Gateway:
         reply = self._reply()
         if reply.method == "REGISTER":
             registrations.on_register_reply(self.ctx, reply)
+        else:
+            calls.on_reply(self.ctx, reply)
+
+    def on_inbound_continue(self) -> None:
+        """Runs inside t_continue with the suspended INVITE: send its final response."""
+        if _continue.get("body"):
+            KSR.textops.set_reply_body(_continue["body"], "application/sdp")
+        if _continue.get("headers"):
+            KSR.hdr.append_to_reply(_continue["headers"])
+        KSR.tm.t_reply(_continue["code"], _continue["reason"])
+        _continue["to_tag"] = str(KSR.pv.get("$ltt(t)") or "")
+        _continue["done"] = True
 
     def _reply(self) -> SipReply:
         headers = {}
@@ -163,6 +191,8 @@ class Gateway:
             call_id=str(KSR.pv.get("$ci") or ""),
             cseq=int(cseq[0]),
             method=cseq[1].upper() if len(cseq) > 1 else "",
+            from_tag=str(KSR.pv.get("$ft") or ""),
+            to_tag=str(KSR.pv.get("$tt") or ""),
             headers=headers,
             body=str(KSR.pv.get("$rb") or ""),
         )
@@ -174,14 +204,69 @@ class Gateway:
             KSR.sl.sl_send_reply(483, "Too Many Hops")
             return 1
         method = KSR.pv.get("$rm")
+        sip_call_id = str(KSR.pv.get("$ci") or "")
+        from_tag = str(KSR.pv.get("$ft") or "")
+        to_tag = str(KSR.pv.get("$tt") or "")
         if method == "ACK":
+            # Absorbs the ACK of our 2xx (else tm retransmits the 200) and of negative replies.
             KSR.tm.t_check_trans()
+            return 1
+        if method == "CANCEL":
+            if KSR.tm.t_check_trans() > 0:
+                KSR.tm.t_relay()  # tm answers 200 to the CANCEL and 487 to the suspended INVITE
+            else:
+                KSR.sl.sl_send_reply(481, "Call/Transaction Does Not Exist")
+            calls.on_remote_cancel(self.ctx, sip_call_id, from_tag)
             return 1
         if method == "OPTIONS":
             KSR.sl.sl_send_reply(200, "OK")
             return 1
-        KSR.sl.sl_send_reply(501, "Not Implemented")
+        if to_tag:
+            if method == "BYE":
+                code = calls.on_remote_bye(self.ctx, sip_call_id, from_tag, to_tag)
+                KSR.sl.sl_send_reply(code, "OK" if code == 200 else "Call/Transaction Does Not Exist")
+            else:
+                KSR.sl.sl_send_reply(501, "Not Implemented")
+            return 1
+        if method == "INVITE":
+            self._inbound_invite(sip_call_id, from_tag)
+            return 1
+        KSR.sl.sl_send_reply(405, "Method Not Allowed")
         return 1
+
+    def _inbound_invite(self, sip_call_id: str, from_tag: str) -> None:
+        if KSR.tm.t_newtran() <= 0:
+            return  # a retransmission: tm resent the last reply
+        invite = calls.InboundInvite(
+            sip_call_id=sip_call_id,
+            dn=str(KSR.pv.get("$rU") or ""),
+            from_uri=str(KSR.pv.get("$fu") or ""),
+            from_user=str(KSR.pv.get("$fU") or ""),
+            display_name=str(KSR.pv.get("$fn") or "").strip().strip('"'),
+            from_tag=from_tag,
+            to_uri=str(KSR.pv.get("$tu") or ""),
+            contact=str(KSR.pv.get("$hdr(Contact)") or ""),
+            record_route=str(KSR.pv.get("$(hdr(Record-Route)[*])") or ""),
+            cseq=int(str(KSR.pv.get("$hdr(CSeq)") or "1").split()[0]),
+            sdp=str(KSR.pv.get("$rb") or ""),
+        )
+        refusal = calls.check_inbound(self.ctx, invite)
+        if refusal is not None:
+            KSR.tm.t_reply(refusal[0], refusal[1])
+            return
+        KSR.tm.t_reply(100, "Trying")
+        cfg = self.ctx.config
+        KSR.hdr.append_to_reply(f"Contact: <sip:{invite.dn}@{cfg.listen_ip}:{cfg.sip_port}>\r\n")
+        KSR.tm.t_reply(180, "Ringing")
+        local_tag = str(KSR.pv.get("$ltt(t)") or "")
+        # tm's own timer only as a safety net: the ring timeout is ours (calls.tick).
+        KSR.tm.t_set_fr((cfg.ring_timeout + 30) * 1000, 5000)
+        if KSR.tmx.t_suspend() < 0:
+            KSR.tm.t_reply(500, "Server Error")
+            return
+        index = int(KSR.pv.get("$T(id_index)"))
+        label = int(KSR.pv.get("$T(id_label)"))
+        calls.ring_inbound(self.ctx, invite, index, label, local_tag)
 
     # -- HTTP on the WebSocket port --
 
@@ -201,3 +286,4 @@ class Gateway:
 
     def on_timer(self) -> None:
         registrations.tick(self.ctx)
+        calls.tick(self.ctx)

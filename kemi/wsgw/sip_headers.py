@@ -34,8 +34,18 @@ def validate_dn(value: object, field: str = "dn") -> str:
     return value
 
 
+def _encodable(value: str) -> bool:
+    # A JSON \ud800 escape decodes to a lone surrogate that cannot become UTF-8.
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def validate_display_name(value: object, field: str = "displayName") -> str:
-    if not isinstance(value, str) or len(value) > MAX_DISPLAY_NAME_LEN or _FORBIDDEN_IN_DISPLAY.search(value):
+    if not isinstance(value, str) or len(value) > MAX_DISPLAY_NAME_LEN or _FORBIDDEN_IN_DISPLAY.search(value) \
+            or not _encodable(value):
         raise GatewayError(
             errors.INVALID_PAYLOAD,
             f"{field} must be at most {MAX_DISPLAY_NAME_LEN} characters without quotes, angle brackets, "
@@ -46,7 +56,8 @@ def validate_display_name(value: object, field: str = "displayName") -> str:
 
 def validate_password(value: object, field: str = "password") -> str:
     # A password never goes into a header (only into the digest hash), so quotes are fine.
-    if not isinstance(value, str) or not 1 <= len(value) <= MAX_PASSWORD_LEN or _CONTROL.search(value):
+    if not isinstance(value, str) or not 1 <= len(value) <= MAX_PASSWORD_LEN or _CONTROL.search(value) \
+            or not _encodable(value):
         raise GatewayError(errors.INVALID_PAYLOAD, f"{field} must be 1-{MAX_PASSWORD_LEN} characters without control characters")
     return value
 

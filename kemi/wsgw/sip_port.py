@@ -26,6 +26,8 @@ class SipReply:
     call_id: str
     cseq: int
     method: str
+    from_tag: str = ""
+    to_tag: str = ""
     headers: dict[str, str] = field(default_factory=dict)  # lower-case name -> all values joined by ","
     body: str = ""
 
@@ -35,6 +37,14 @@ class SipReply:
 
 class SipPort(Protocol):
     def send_request(self, request: OutgoingRequest) -> bool: ...
+
+    def cancel(self, sip_call_id: str, invite_cseq: int) -> bool:
+        """CANCEL our pending INVITE (tm sends it once a provisional has arrived)."""
+        ...
+
+    def reply_suspended(self, t_index: int, t_label: int, code: int, reason: str, headers: str, body: str) -> str | None:
+        """Send the final response of a suspended inbound INVITE; our To tag, or None if it is gone."""
+        ...
 
 
 class Outbox(Protocol):

@@ -1,0 +1,492 @@
+"""Calls: the SIP INVITE dialog run for the browser, as a record in shared memory.
+
+The browser never speaks SIP. For an outbound `call` the gateway is the UAC
+(INVITE via tm, tm ACKs 2xx); for an inbound INVITE it is the UAS and keeps the
+suspended transaction until the browser answers. Everything a later request,
+reply or timer needs (tags, CSeq, route set, remote target, transaction index,
+owning connection) is in the Call record in the shared store, so any worker
+can continue the call.
+
+Leg index: a reply or in-dialog request is matched to its call by SIP Call-ID
+plus a tag. Outbound legs are indexed by our From tag, inbound legs by the
+caller's From tag; the prefixes keep the two legs of a call that loops through
+this gateway (JSON client to JSON client) apart, as they share a Call-ID.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field
+
+from . import errors, protocol, registrations
+from .connections import ConnRef
+from .context import Context
+from .errors import GatewayError
+from .routing import route
+from .sdp_policy import NoAllowedCodec, apply_codec_policy
+from .sip_headers import header_block, name_addr, new_call_id, new_tag, validate_dn, validate_token
+from .sip_port import OutgoingRequest, SipReply
+from .store import CALLS, CALLS_BY_SIP_ID, get_json, put_json
+
+# States
+CALLING = "calling"  # INVITE sent, nothing heard yet
+RINGING = "ringing"  # provisional received (outbound) / browser alerted (inbound)
+CONFIRMED = "confirmed"
+CANCELLING = "cancelling"  # local CANCEL sent, waiting for the 487
+ENDING = "ending"  # BYE sent, waiting for its reply
+
+MAX_SDP_BYTES = 24000
+FAILURE_REASONS = {486: "busy", 600: "busy", 404: "not_found", 604: "not_found", 480: "unavailable",
+                   603: "declined", 408: "no_answer", 487: "cancelled"}
+
+
+def failure_reason(code: int) -> str:
+    """The stable word of `callFailed.reason` for a SIP final status."""
+    if code in FAILURE_REASONS:
+        return FAILURE_REASONS[code]
+    if 400 <= code < 500:
+        return "rejected"
+    if 500 <= code < 600:
+        return "server_error"
+    return "rejected"
+
+
+@dataclass(frozen=True)
+class CallPayload:
+    to: str
+    call_id: str
+    sdp: str
+
+
+@dataclass(frozen=True)
+class CallIdPayload:
+    call_id: str
+    sdp: str = ""
+    code: int = 0
+    reason: str = ""
+
+
+def _sdp(payload: dict, required: bool = True) -> str:
+    sdp = payload.get("sdp", "")
+    if (required or "sdp" in payload) and (not isinstance(sdp, str) or not sdp.startswith("v=0") or len(sdp) > MAX_SDP_BYTES):
+        raise GatewayError(errors.INVALID_PAYLOAD, f"sdp must be an SDP text starting with v=0, at most {MAX_SDP_BYTES} bytes")
+    return sdp
+
+
+def _only(payload: dict, allowed: set[str]) -> None:
+    unknown = set(payload) - allowed
+    if unknown:
+        raise GatewayError(errors.INVALID_PAYLOAD, f"unknown field(s): {', '.join(sorted(unknown))[:120]}")
+
+
+def parse_call(payload: dict) -> CallPayload:
+    _only(payload, {"to", "callId", "sdp"})
+    return CallPayload(to=validate_dn(payload.get("to"), "to"), call_id=validate_token(payload.get("callId"), "callId"),
+                       sdp=_sdp(payload))
+
+
+def parse_hangup(payload: dict) -> CallIdPayload:
+    _only(payload, {"callId", "reason"})
+    reason = payload.get("reason", "")
+    if not isinstance(reason, str) or len(reason) > 64:
+        raise GatewayError(errors.INVALID_PAYLOAD, "reason must be a string of at most 64 characters")
+    return CallIdPayload(call_id=validate_token(payload.get("callId"), "callId"), reason=reason)
+
+
+def parse_answer(payload: dict) -> CallIdPayload:
+    _only(payload, {"callId", "sdp"})
+    return CallIdPayload(call_id=validate_token(payload.get("callId"), "callId"), sdp=_sdp(payload))
+
+
+def parse_reject(payload: dict) -> CallIdPayload:
+    _only(payload, {"callId", "code"})
+    code = payload.get("code", 486)
+    if code not in (486, 603, 480) or isinstance(code, bool):
+        raise GatewayError(errors.INVALID_PAYLOAD, "code must be 486, 480 or 603")
+    return CallIdPayload(call_id=validate_token(payload.get("callId"), "callId"), code=code)
+
+
+for _name, _parser in (("call", parse_call), ("hangup", parse_hangup), ("answer", parse_answer), ("reject", parse_reject)):
+    protocol.register_type(_name, _parser)
+
+
+@dataclass
+class Call:
+    key: str  # owner connection key + "#" + client callId
+    call_id: str  # the client's name for the call
+    conn: str
+    dn: str
+    direction: str  # "outbound" | "inbound"
+    state: str
+    sip_call_id: str
+    local_uri: str
+    remote_uri: str
+    local_tag: str = ""
+    remote_tag: str = ""
+    remote_target: str = ""
+    route_set: list[str] = field(default_factory=list)
+    local_cseq: int = 1
+    invite_cseq: int = 1
+    peer: str = ""
+    codecs: list[str] = field(default_factory=list)
+    request_id: str | None = None
+    created_at: float = 0.0
+    answered_at: float = 0.0
+    deadline: float = 0.0  # calling: unreachable after; ringing: no answer after; ending: forget after
+    nexthop: str = ""
+    t_index: int = 0
+    t_label: int = 0
+
+    @property
+    def leg_key(self) -> str:
+        return leg_key(self.direction, self.sip_call_id, self.local_tag if self.direction == "outbound" else self.remote_tag)
+
+    @classmethod
+    def load(cls, ctx: Context, key: str) -> "Call | None":
+        data = get_json(ctx.store, CALLS, key)
+        return cls(**data) if data else None
+
+    def save(self, ctx: Context) -> None:
+        put_json(ctx.store, CALLS, self.key, asdict(self))
+        ctx.store.put(CALLS_BY_SIP_ID, self.leg_key, self.key)
+
+    def forget(self, ctx: Context) -> None:
+        ctx.store.delete(CALLS, self.key)
+        ctx.store.delete(CALLS_BY_SIP_ID, self.leg_key)
+
+    @property
+    def owner(self) -> ConnRef:
+        return ConnRef.from_key(self.conn)
+
+
+def leg_key(direction: str, sip_call_id: str, tag: str) -> str:
+    return f"{'o' if direction == 'outbound' else 'i'}|{sip_call_id}|{tag}"
+
+
+def call_key(conn: ConnRef, call_id: str) -> str:
+    return f"{conn.key}#{call_id}"
+
+
+def find_for_reply(ctx: Context, sip_call_id: str, from_tag: str, to_tag: str) -> Call | None:
+    """A reply to our request: From tag is ours on an outbound leg, To tag is the caller's on an inbound one."""
+    for key in (leg_key("outbound", sip_call_id, from_tag), leg_key("inbound", sip_call_id, to_tag)):
+        ck = ctx.store.get(CALLS_BY_SIP_ID, key)
+        if ck:
+            return Call.load(ctx, ck)
+    return None
+
+
+def find_for_request(ctx: Context, sip_call_id: str, from_tag: str, to_tag: str) -> Call | None:
+    """A request from the network: To tag is ours on an outbound leg, From tag is the caller's on an inbound one."""
+    for key in (leg_key("outbound", sip_call_id, to_tag), leg_key("inbound", sip_call_id, from_tag)):
+        ck = ctx.store.get(CALLS_BY_SIP_ID, key)
+        if ck:
+            return Call.load(ctx, ck)
+    return None
+
+
+def _own_call(ctx: Context, conn: ConnRef, call_id: str) -> Call:
+    call = Call.load(ctx, call_key(conn, call_id))
+    if call is None:
+        raise GatewayError(errors.NO_SUCH_CALL, f"no call {call_id} on this connection")
+    return call
+
+
+def _contact(ctx: Context, dn: str) -> str:
+    return f"<sip:{dn}@{ctx.config.listen_ip}:{ctx.config.sip_port}>"
+
+
+def _send(ctx: Context, conn: ConnRef, msg_type: str, payload: dict, request_id: str | None = None) -> None:
+    ctx.send(conn, protocol.message(msg_type, payload, request_id))
+
+
+# ---- outbound ----
+
+
+def place_call(ctx: Context, conn: ConnRef, request_id: str | None, req: CallPayload) -> None:
+    dn = registrations.dn_of_connection(ctx, conn)
+    if dn is None:
+        raise GatewayError(errors.NOT_REGISTERED, "register before calling")
+    key = call_key(conn, req.call_id)
+    if ctx.store.get(CALLS, key) is not None:
+        raise GatewayError(errors.INVALID_STATE, f"callId {req.call_id} is already in use on this connection")
+
+    def fail(code: int, reason: str) -> None:
+        ctx.log.info("call refused call=%s to=%s code=%d %s", req.call_id, req.to, code, reason)
+        _send(ctx, conn, "callFailed", {"callId": req.call_id, "code": code, "reason": failure_reason(code)}, request_id)
+
+    decision = route(req.to, ctx.config)
+    if decision.kind == "refused":
+        return fail(decision.code, decision.reason)
+    try:
+        filtered = apply_codec_policy(req.sdp, ctx.config.codecs)
+    except NoAllowedCodec as exc:
+        return fail(488, str(exc))
+    except Exception:
+        raise GatewayError(errors.INVALID_PAYLOAD, "sdp could not be parsed") from None
+
+    reg = registrations.Registration.load(ctx, dn)
+    domain = ctx.config.upstream.host if ctx.config.upstream else f"{ctx.config.listen_ip}:{ctx.config.sip_port}"
+    now = ctx.clock()
+    call = Call(
+        key=key, call_id=req.call_id, conn=conn.key, dn=dn, direction="outbound", state=CALLING,
+        sip_call_id=new_call_id(ctx.config.listen_ip), local_uri=f"sip:{dn}@{domain}", remote_uri=decision.ruri,
+        local_tag=new_tag(), peer=req.to, codecs=filtered.codecs, request_id=request_id, created_at=now,
+        deadline=now + ctx.config.sip_timeout, nexthop=decision.nexthop,
+    )
+    call.save(ctx)
+    headers = [
+        ("From", name_addr(call.local_uri, reg.display_name if reg else "", call.local_tag)),
+        ("To", name_addr(call.remote_uri)),
+        ("Call-ID", call.sip_call_id),
+        ("CSeq", f"{call.invite_cseq} INVITE"),
+        ("Contact", _contact(ctx, dn)),
+        ("Max-Forwards", "70"),
+        ("Content-Type", "application/sdp"),
+    ]
+    ctx.log.info("call out call=%s sip_call_id=%s from=%s to=%s route=%s", call.call_id, call.sip_call_id, dn, req.to, decision.kind)
+    if not ctx.sip.send_request(OutgoingRequest("INVITE", decision.ruri, header_block(headers), filtered.sdp, decision.nexthop)):
+        call.forget(ctx)
+        fail(503, "INVITE could not be sent")
+
+
+_URI_IN_BRACKETS = re.compile(r"<([^>]+)>")
+
+
+def _contact_uri(value: str) -> str:
+    m = _URI_IN_BRACKETS.search(value or "")
+    return m.group(1) if m else (value or "").split(";")[0].strip()
+
+
+def _route_list(record_route: str) -> list[str]:
+    return [f"<{u}>" for u in _URI_IN_BRACKETS.findall(record_route or "")]
+
+
+def on_invite_reply(ctx: Context, call: Call, reply: SipReply) -> None:
+    conn = call.owner
+    if reply.status < 200:
+        if call.state == CALLING:
+            call.state = RINGING
+            call.deadline = ctx.clock() + ctx.config.ring_timeout
+            call.save(ctx)
+        if reply.status == 100:
+            return
+        if reply.status == 183 and reply.body:
+            _send(ctx, conn, "progress", {"callId": call.call_id, "sdp": reply.body})
+        elif reply.status in (180, 181, 182, 183):
+            _send(ctx, conn, "ringing", {"callId": call.call_id})
+        return
+    if 200 <= reply.status < 300:
+        if call.state in (CONFIRMED, ENDING):
+            return  # a retransmitted 200: tm has ACKed it again
+        call.remote_tag = reply.to_tag
+        call.remote_target = _contact_uri(reply.header("contact") or "") or call.remote_uri
+        call.route_set = list(reversed(_route_list(reply.header("record-route") or "")))
+        if call.state == CANCELLING:
+            # Our CANCEL lost the race with the 200: the dialog exists, end it.
+            _send_bye(ctx, call)
+            return
+        call.state = CONFIRMED
+        call.answered_at = ctx.clock()
+        request_id, call.request_id = call.request_id, None
+        call.save(ctx)
+        ctx.log.info("call answered call=%s sip_call_id=%s", call.call_id, call.sip_call_id)
+        _send(ctx, conn, "callAccepted", {"callId": call.call_id, "sdp": reply.body, "codecs": call.codecs}, request_id)
+        return
+    # final failure
+    call.forget(ctx)
+    if call.state == CANCELLING:
+        return  # the browser already got callEnded
+    ctx.log.info("call failed call=%s code=%d", call.call_id, reply.status)
+    _send(ctx, conn, "callFailed", {"callId": call.call_id, "code": reply.status, "reason": failure_reason(reply.status)},
+          call.request_id)
+
+
+def _send_bye(ctx: Context, call: Call) -> None:
+    call.local_cseq = max(call.local_cseq, call.invite_cseq) + 1
+    call.state = ENDING
+    call.deadline = ctx.clock() + 32
+    call.save(ctx)
+    headers = [
+        ("From", name_addr(call.local_uri, "", call.local_tag)),
+        ("To", name_addr(call.remote_uri, "", call.remote_tag)),
+        ("Call-ID", call.sip_call_id),
+        ("CSeq", f"{call.local_cseq} BYE"),
+        ("Max-Forwards", "70"),
+    ]
+    if call.route_set:
+        headers.append(("Route", ", ".join(call.route_set)))
+    nexthop = _contact_uri(call.route_set[0]) if call.route_set else ""
+    ctx.sip.send_request(OutgoingRequest("BYE", call.remote_target, header_block(headers), "", nexthop))
+
+
+def on_reply(ctx: Context, reply: SipReply) -> None:
+    call = find_for_reply(ctx, reply.call_id, reply.from_tag, reply.to_tag)
+    if call is None:
+        return
+    if reply.method == "INVITE" and call.direction == "outbound":
+        on_invite_reply(ctx, call, reply)
+    elif reply.method == "BYE" and reply.status >= 200 and call.state == ENDING:
+        call.forget(ctx)
+
+
+def hangup(ctx: Context, conn: ConnRef, request_id: str | None, req: CallIdPayload) -> None:
+    call = _own_call(ctx, conn, req.call_id)
+    if call.direction == "outbound" and call.state in (CALLING, RINGING):
+        call.state = CANCELLING
+        call.deadline = ctx.clock() + 32
+        call.save(ctx)
+        ctx.sip.cancel(call.sip_call_id, call.invite_cseq)
+    elif call.direction == "inbound" and call.state == RINGING:
+        ctx.sip.reply_suspended(call.t_index, call.t_label, 486, "Busy Here", "", "")
+        call.forget(ctx)
+    elif call.state == CONFIRMED:
+        _send_bye(ctx, call)
+    else:
+        raise GatewayError(errors.INVALID_STATE, f"call {req.call_id} is already ending")
+    ctx.log.info("call hangup call=%s state=%s", call.call_id, call.state)
+    _send(ctx, conn, "callEnded", {"callId": call.call_id, "by": "local", "reason": req.reason or "hangup"}, request_id)
+
+
+# ---- inbound ----
+
+
+@dataclass(frozen=True)
+class InboundInvite:
+    sip_call_id: str
+    dn: str  # Request-URI user
+    from_uri: str
+    from_user: str
+    display_name: str
+    from_tag: str
+    to_uri: str
+    contact: str
+    record_route: str
+    cseq: int
+    sdp: str
+
+
+def check_inbound(ctx: Context, invite: InboundInvite) -> tuple[int, str] | None:
+    """The final response to refuse an inbound INVITE with, or None to ring the DN."""
+    if ctx.config.embedded and ctx.subscribers is not None and not ctx.subscribers.exists(invite.dn):
+        return 404, "Not Found"
+    if registrations.connection_of_dn(ctx, invite.dn) is None:
+        return 480, "Temporarily Unavailable"
+    return None
+
+
+def ring_inbound(ctx: Context, invite: InboundInvite, t_index: int, t_label: int, local_tag: str) -> None:
+    """The INVITE is suspended and 180 sent: record the call and alert the browser."""
+    conn = registrations.connection_of_dn(ctx, invite.dn)
+    if conn is None:
+        ctx.sip.reply_suspended(t_index, t_label, 480, "Temporarily Unavailable", "", "")
+        return
+    now = ctx.clock()
+    call_id = "in-" + new_tag()
+    call = Call(
+        key=call_key(conn, call_id), call_id=call_id, conn=conn.key, dn=invite.dn, direction="inbound", state=RINGING,
+        sip_call_id=invite.sip_call_id, local_uri=invite.to_uri, remote_uri=invite.from_uri, local_tag=local_tag,
+        remote_tag=invite.from_tag, remote_target=_contact_uri(invite.contact) or invite.from_uri,
+        route_set=_route_list(invite.record_route), invite_cseq=invite.cseq, local_cseq=0, peer=invite.from_user,
+        created_at=now, deadline=now + ctx.config.ring_timeout, t_index=t_index, t_label=t_label,
+    )
+    call.save(ctx)
+    ctx.log.info("call in call=%s sip_call_id=%s to=%s from=%s", call_id, invite.sip_call_id, invite.dn, invite.from_user)
+    _send(ctx, conn, "incomingCall",
+          {"callId": call_id, "from": invite.from_user, "displayName": invite.display_name, "sdp": invite.sdp})
+
+
+def answer(ctx: Context, conn: ConnRef, request_id: str | None, req: CallIdPayload) -> None:
+    call = _own_call(ctx, conn, req.call_id)
+    if call.direction != "inbound" or call.state != RINGING:
+        raise GatewayError(errors.INVALID_STATE, f"call {req.call_id} is not ringing")
+    try:
+        filtered = apply_codec_policy(req.sdp, ctx.config.codecs)
+    except NoAllowedCodec as exc:
+        raise GatewayError(errors.INVALID_PAYLOAD, str(exc)) from None
+    local_tag = ctx.sip.reply_suspended(call.t_index, call.t_label, 200, "OK", f"Contact: {_contact(ctx, call.dn)}\r\n",
+                                        filtered.sdp)
+    if local_tag is None:
+        call.forget(ctx)
+        raise GatewayError(errors.NO_SUCH_CALL, f"call {req.call_id} was cancelled by the caller")
+    call.local_tag = local_tag or call.local_tag
+    call.state = CONFIRMED
+    call.codecs = filtered.codecs
+    call.answered_at = ctx.clock()
+    call.save(ctx)
+    ctx.log.info("call answered call=%s sip_call_id=%s", call.call_id, call.sip_call_id)
+    _send(ctx, conn, "callAccepted", {"callId": call.call_id, "sdp": filtered.sdp, "codecs": filtered.codecs}, request_id)
+
+
+def reject(ctx: Context, conn: ConnRef, request_id: str | None, req: CallIdPayload) -> None:
+    call = _own_call(ctx, conn, req.call_id)
+    if call.direction != "inbound" or call.state != RINGING:
+        raise GatewayError(errors.INVALID_STATE, f"call {req.call_id} is not ringing")
+    reasons = {486: "Busy Here", 603: "Decline", 480: "Temporarily Unavailable"}
+    ctx.sip.reply_suspended(call.t_index, call.t_label, req.code, reasons[req.code], "", "")
+    call.forget(ctx)
+    _send(ctx, conn, "callEnded", {"callId": call.call_id, "by": "local", "reason": "rejected"}, request_id)
+
+
+def on_remote_bye(ctx: Context, sip_call_id: str, from_tag: str, to_tag: str) -> int:
+    call = find_for_request(ctx, sip_call_id, from_tag, to_tag)
+    if call is None:
+        return 481
+    call.forget(ctx)
+    ctx.log.info("call ended by remote call=%s", call.call_id)
+    _send(ctx, call.owner, "callEnded", {"callId": call.call_id, "by": "remote", "reason": "bye"})
+    return 200
+
+
+def on_remote_cancel(ctx: Context, sip_call_id: str, from_tag: str) -> None:
+    call = find_for_request(ctx, sip_call_id, from_tag, "")
+    if call is None or call.direction != "inbound" or call.state != RINGING:
+        return
+    call.forget(ctx)
+    ctx.log.info("call cancelled by caller call=%s", call.call_id)
+    _send(ctx, call.owner, "callCancelled", {"callId": call.call_id})
+
+
+# ---- housekeeping ----
+
+
+def connection_closed(ctx: Context, conn: ConnRef) -> None:
+    """End every call of a closed connection (the browser can no longer talk)."""
+    prefix = conn.key + "#"
+    for key in ctx.store.keys(CALLS):
+        if key.startswith(prefix):
+            call = Call.load(ctx, key)
+            if call is None:
+                continue
+            if call.direction == "outbound" and call.state in (CALLING, RINGING):
+                ctx.sip.cancel(call.sip_call_id, call.invite_cseq)
+                call.forget(ctx)
+            elif call.direction == "inbound" and call.state == RINGING:
+                ctx.sip.reply_suspended(call.t_index, call.t_label, 480, "Temporarily Unavailable", "", "")
+                call.forget(ctx)
+            elif call.state == CONFIRMED:
+                _send_bye(ctx, call)
+            else:
+                call.forget(ctx)
+
+
+def tick(ctx: Context) -> None:
+    now = ctx.clock()
+    for key in ctx.store.keys(CALLS):
+        call = Call.load(ctx, key)
+        if call is None or not call.deadline or now < call.deadline:
+            continue
+        conn = call.owner
+        if call.direction == "outbound" and call.state in (CALLING, RINGING):
+            ctx.sip.cancel(call.sip_call_id, call.invite_cseq)
+            call.forget(ctx)
+            reason = "unreachable" if call.state == CALLING else "no_answer"
+            ctx.log.info("call timeout call=%s %s", call.call_id, reason)
+            _send(ctx, conn, "callFailed", {"callId": call.call_id, "code": 408, "reason": reason}, call.request_id)
+        elif call.direction == "inbound" and call.state == RINGING:
+            ctx.sip.reply_suspended(call.t_index, call.t_label, 480, "Temporarily Unavailable", "", "")
+            call.forget(ctx)
+            ctx.log.info("call ring timeout call=%s", call.call_id)
+            _send(ctx, conn, "callCancelled", {"callId": call.call_id, "reason": "no_answer"})
+        elif call.state in (CANCELLING, ENDING):
+            call.forget(ctx)

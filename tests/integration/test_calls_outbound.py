@@ -1,0 +1,102 @@
+"""Outbound calls: a JSON client calls a SIPp UAS that plays the upstream PBX."""
+
+import itertools
+import re
+
+import pytest
+
+from harness.sdp import CHROME_OFFER, OPUS_ONLY_OFFER
+from harness.sipp import Sipp
+
+pytestmark = pytest.mark.integration
+
+PASSWORD = "pw-outbound"
+# A DN per test: the previous test's WebSocket is released asynchronously.
+_dns = (f"70{n:02d}" for n in itertools.count(1))
+
+
+@pytest.fixture
+def agent(upstream_gateway, registrar_port, client_factory, tmp_path):
+    """A client registered upstream. The SIPp registrar is stopped afterwards so that
+    the same port (GW_UPSTREAM) can be played by the call scenario of the test."""
+    client = client_factory(upstream_gateway)
+    with Sipp("registrar_challenge.xml", tmp_path / "reg", local_port=registrar_port, timeout=30,
+              keys={"expires": "600", "auth_user": "", "auth_pass": ""}):
+        reply = client.register(next(_dns), PASSWORD)
+        assert reply["type"] == "registered", reply
+    return client
+
+
+def pbx(tmp_path, port, scenario):
+    return Sipp(scenario, tmp_path, local_port=port, timeout=30)
+
+
+def test_outbound_answered_then_local_bye(agent, registrar_port, tmp_path):
+    with pbx(tmp_path, registrar_port, "uas_answer_wait_bye.xml") as sipp:
+        reply = agent.request("call", {"to": "6001", "callId": "out1", "sdp": CHROME_OFFER})
+        assert reply["type"] == "callAccepted", reply
+        assert reply["payload"]["sdp"].startswith("v=0")
+        assert agent.request("hangup", {"callId": "out1"})["payload"]["by"] == "local"
+        assert sipp.wait(15) == 0, sipp.describe()
+    assert "BYE sip:" in sipp.messages()
+
+
+def test_outbound_answered_then_remote_bye(agent, registrar_port, tmp_path):
+    with pbx(tmp_path, registrar_port, "uas_answer_send_bye.xml") as sipp:
+        assert agent.request("call", {"to": "6001", "callId": "out2", "sdp": CHROME_OFFER})["type"] == "callAccepted"
+        ended = agent.wait_for("callEnded", callId="out2")
+        assert ended["payload"]["by"] == "remote"
+        assert sipp.wait(15) == 0, sipp.describe()
+
+
+def test_outbound_ringing_early_media_then_answer(agent, registrar_port, tmp_path):
+    with pbx(tmp_path, registrar_port, "uas_early_media.xml") as sipp:
+        request_id = agent.send("call", {"to": "6001", "callId": "out3", "sdp": CHROME_OFFER})
+        agent.wait_for("ringing", callId="out3")
+        progress = agent.wait_for("progress", callId="out3")
+        assert progress["payload"]["sdp"].startswith("v=0")
+        assert agent.wait(lambda m: m.get("id") == request_id)["type"] == "callAccepted"
+        agent.request("hangup", {"callId": "out3"})
+        assert sipp.wait(15) == 0, sipp.describe()
+
+
+@pytest.mark.parametrize("code,reason", [(486, "busy"), (404, "not_found"), (480, "unavailable")])
+def test_outbound_failures_are_mapped(agent, registrar_port, tmp_path, code, reason):
+    with pbx(tmp_path, registrar_port, f"uas_reject_{code}.xml") as sipp:
+        reply = agent.request("call", {"to": "6001", "callId": f"f{code}", "sdp": CHROME_OFFER})
+        assert reply["type"] == "callFailed"
+        assert reply["payload"] == {"callId": f"f{code}", "code": code, "reason": reason}
+        assert sipp.wait(15) == 0, sipp.describe()
+
+
+def test_outbound_cancel_before_answer(agent, registrar_port, tmp_path):
+    with pbx(tmp_path, registrar_port, "uas_ring_wait_cancel.xml") as sipp:
+        request_id = agent.send("call", {"to": "6001", "callId": "out4", "sdp": CHROME_OFFER})
+        agent.wait_for("ringing", callId="out4")
+        assert agent.request("hangup", {"callId": "out4"})["type"] == "callEnded"
+        assert sipp.wait(15) == 0, sipp.describe()
+        # The `call` request got exactly one final reply: callEnded came for hangup, none for call.
+        agent.assert_no_message(1.0, "callFailed")
+    assert "CANCEL sip:" in sipp.messages()
+    del request_id
+
+
+def test_codec_policy_on_the_sip_side(agent, registrar_port, tmp_path):
+    with pbx(tmp_path, registrar_port, "uas_codec_check.xml") as sipp:
+        reply = agent.request("call", {"to": "6001", "callId": "codec", "sdp": CHROME_OFFER})
+        assert reply["type"] == "callAccepted", reply
+        assert reply["payload"]["codecs"] == ["PCMU", "PCMA", "telephone-event"]
+        agent.request("hangup", {"callId": "codec"})
+        assert sipp.wait(15) == 0, sipp.describe()
+    invite = sipp.messages().split("INVITE sip:", 1)[1].split("\n\n\n")[0]
+    assert re.search(r"m=audio \d+ \S+ 0 8 126", invite)
+    assert "opus" not in invite and "G722" not in invite
+
+
+def test_offer_without_allowed_codec_is_refused_before_invite(agent):
+    reply = agent.request("call", {"to": "6001", "callId": "opus", "sdp": OPUS_ONLY_OFFER})
+    assert reply["payload"] == {"callId": "opus", "code": 488, "reason": "rejected"}
+
+
+def test_hangup_of_unknown_call(agent):
+    assert agent.request("hangup", {"callId": "nope"})["payload"]["code"] == "no_such_call"
