@@ -227,7 +227,7 @@ def test_new_request_type_is_dispatched_to_its_handler(ctx, conn, monkeypatch):
     assert send(ctx, conn, {"type": "echo", "id": "e"}) == [{"type": "echoed", "payload": {}, "id": "e"}]
 
 
-# ---- known bug ----
+# ---- lone surrogates (regression) ----
 
 
 def test_lone_surrogate_password_is_invalid_payload_not_internal(ctx, conn):
