@@ -33,6 +33,8 @@ import time
 from pathlib import Path
 from typing import Self
 
+from .ports import free_port
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SCENARIOS_DIR = REPO_ROOT / "sipp-scenarios"
 SIPP_BIN = os.environ.get("SIPP_BIN", "sipp")
@@ -49,17 +51,7 @@ DEFAULT_KEYS: dict[str, str] = {
 
 def free_udp_port() -> int:
     """A port currently free on 127.0.0.1 for both UDP and TCP."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-            udp.bind(("127.0.0.1", 0))
-            port = udp.getsockname()[1]
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-                try:
-                    tcp.bind(("127.0.0.1", port))
-                except OSError:
-                    continue
-            return port
-    raise RuntimeError("no free UDP+TCP port found on 127.0.0.1")
+    return free_port()
 
 
 def _udp_port_bound(port: int) -> bool:
