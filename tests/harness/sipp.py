@@ -17,17 +17,21 @@ A UAC scenario calling into the gateway::
 
 SIPp runs in the foreground (no ``-bg``); ``-timeout <timeout>s -timeout_error``
 make it end by itself (non-zero) if the scenario is not done in time, and
-``wait()`` kills it by PID if it still overruns. Every key of
-``DEFAULT_KEYS`` is always passed with ``-key`` (SIPp aborts on a ``[key]``
-it does not know), overridden by ``keys``. See sipp-scenarios/README.md.
+``wait()`` kills it by PID if it still overruns (then it returns ``KILLED``:
+SIPp itself exits 0 on SIGTERM when no call has failed yet). ``stop()``
+(also run by ``__exit__``) kills a still-running SIPp; ``messages()`` stays
+readable afterwards. Every key of ``DEFAULT_KEYS`` is always passed with
+``-key`` (SIPp aborts on a ``[key]`` it does not know), overridden by
+``keys``. Logs go to ``workdir/<scenario>_<port>_{messages,errors,
+calldebug,stdout,stderr}.log``. See sipp-scenarios/README.md.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import shlex
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -38,6 +42,7 @@ from .ports import free_port
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SCENARIOS_DIR = REPO_ROOT / "sipp-scenarios"
 SIPP_BIN = os.environ.get("SIPP_BIN", "sipp")
+KILLED = -signal.SIGTERM  # wait()/returncode when the runner had to kill SIPp
 
 # Passed to every scenario; scenarios ignore keys they do not use.
 DEFAULT_KEYS: dict[str, str] = {
@@ -54,8 +59,15 @@ def free_udp_port() -> int:
     return free_port()
 
 
-def _udp_port_bound(port: int) -> bool:
-    """True if some UDP socket is bound to `port` (any local address)."""
+def _udp_port_bound_by(pid: int, port: int) -> bool:
+    """True if process `pid` holds a UDP socket bound to `port` (any address)."""
+    try:
+        inodes = {
+            os.readlink(f"/proc/{pid}/fd/{fd}")[8:-1]
+            for fd in os.listdir(f"/proc/{pid}/fd")
+        }
+    except OSError:
+        return False
     suffix = f":{port:04X}"
     for table in ("/proc/net/udp", "/proc/net/udp6"):
         try:
@@ -64,7 +76,7 @@ def _udp_port_bound(port: int) -> bool:
             continue
         for line in lines:
             fields = line.split()
-            if len(fields) > 1 and fields[1].endswith(suffix):
+            if len(fields) > 9 and fields[1].endswith(suffix) and fields[9] in inodes:
                 return True
     return False
 
@@ -115,6 +127,7 @@ class Sipp:
         self.calldebug_path = self.workdir / f"{self.name}_calldebug.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self.returncode: int | None = None
+        self.killed = False
 
     # -- command line ---------------------------------------------------
     def command(self) -> list[str]:
@@ -163,38 +176,46 @@ class Sipp:
             if self.proc.poll() is not None:
                 self.returncode = self.proc.returncode
                 raise RuntimeError(f"sipp exited before being ready\n{self.describe()}")
-            if _udp_port_bound(self.local_port):
+            if _udp_port_bound_by(self.proc.pid, self.local_port):
                 return self
             time.sleep(0.05)
         raise RuntimeError(f"sipp not listening on UDP {self.local_port} after {timeout}s\n"
                            f"{self.describe()}")
 
     def wait(self, timeout: float | None = None) -> int:
-        """SIPp's exit code (0 = every call succeeded); kills it if it overruns."""
+        """SIPp's exit code: 0 = every call succeeded; 1 = a call failed;
+        255 = global -timeout hit / fatal error / <error> action; 254 = bind
+        error; KILLED (-15) = it overran `timeout` (default: the -timeout given
+        to SIPp + 5 s) or was stop()ped, and was killed by the runner."""
         if self.proc is None:
             raise RuntimeError(f"{self.name} not started")
         limit = self.timeout + 5.0 if timeout is None else timeout
         try:
-            self.returncode = self.proc.wait(timeout=limit)
+            rc = self.proc.wait(timeout=limit)
         except subprocess.TimeoutExpired:
             self.stop()
-        assert self.returncode is not None
+            rc = KILLED
+        # SIPp exits 0 on SIGTERM if no call failed yet: never report that
+        self.returncode = KILLED if self.killed else rc
         return self.returncode
 
     def stop(self) -> None:
-        """Terminate SIPp by PID if still running (SIGTERM, then SIGKILL). Idempotent."""
+        """Kill SIPp by PID if still running (SIGTERM, then SIGKILL). Idempotent.
+        Sets `killed`; logs are flushed by SIPp on SIGTERM."""
         if self.proc is None:
             return
         if self.proc.poll() is None:
+            self.killed = True
             try:
                 os.kill(self.proc.pid, signal.SIGTERM)
                 self.proc.wait(timeout=3)
-            except subprocess.TimeoutExpired:
-                os.kill(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=3)
             except ProcessLookupError:
                 pass
-        self.returncode = self.proc.wait(timeout=3)
+            except subprocess.TimeoutExpired:
+                os.kill(self.proc.pid, signal.SIGKILL)
+        rc = self.proc.wait(timeout=5)
+        if self.returncode is None:
+            self.returncode = KILLED if self.killed else rc
 
     @property
     def running(self) -> bool:
@@ -211,12 +232,13 @@ class Sipp:
     def describe(self) -> str:
         if self.proc is None:
             code = "not started"
+        elif self.proc.poll() is None:
+            code = "still running"
         else:
-            rc = self.proc.poll()
-            code = "still running" if rc is None else str(rc)
+            code = f"{self.proc.returncode}" + (" (killed by the runner)" if self.killed else "")
         return "\n".join([
             f"sipp {self.scenario.name} port {self.local_port}: exit code {code}",
-            "command: " + " ".join(self.command()),
+            "command: " + shlex.join(self.command()),
             f"--- stderr ({self.stderr_path.name}) ---", _tail(self.stderr_path, 20),
             f"--- errors ({self.error_path.name}) ---", _tail(self.error_path, 30),
             f"--- stdout ({self.stdout_path.name}) ---", _tail(self.stdout_path, 25),

@@ -52,8 +52,6 @@ def test_inbound_rejected(embedded_gateway, client_factory, tmp_path, code):
         assert sipp.wait(15) == 0, sipp.describe()
 
 
-@pytest.mark.xfail(reason="sipp-scenarios/uac_call_cancel.xml is refused by SIPp 3.6 "
-                   "(optional recv before pause); scenario being reworked", strict=False, run=False)
 def test_inbound_cancelled_by_caller(embedded_gateway, client_factory, tmp_path):
     agent = client_factory(embedded_gateway)
     assert agent.register("5004", PASSWORDS["5004"])["type"] == "registered"
