@@ -94,8 +94,14 @@ def register(ctx: Context, conn: ConnRef, request_id: str | None, req: RegisterP
         raise GatewayError(errors.ALREADY_REGISTERED, f"this connection is already registered as {current}")
     with ctx.store.lock(REG, req.dn):
         existing = Registration.load(ctx, req.dn)
-        if existing is not None and ctx.store.get(CONN, existing.conn) is not None:
-            raise GatewayError(errors.ALREADY_REGISTERED, f"{req.dn} is registered on another connection")
+        if existing is not None:
+            holder = get_json(ctx.store, CONN, existing.conn)
+            if holder is not None and holder.get("dn") == req.dn:
+                raise GatewayError(errors.ALREADY_REGISTERED, f"{req.dn} is registered on another connection")
+            # A binding being released (Expires: 0 in flight) or left by a dead connection:
+            # replace it, and drop its REGISTER Call-ID so late replies are ignored.
+            if existing.call_id:
+                ctx.store.delete(REG_BY_CALL_ID, existing.call_id)
         if ctx.config.embedded:
             _register_embedded(ctx, conn, request_id, req)
         else:
@@ -172,7 +178,7 @@ def release(ctx: Context, conn: ConnRef, dn: str) -> None:
         if reg is None or reg.conn != conn.key:
             return
         if reg.mode == "upstream" and reg.state in (REGISTERED, PENDING):
-            if reg.state == PENDING and reg.request_id is not None:
+            if reg.state == PENDING:
                 # The pending `register` still gets its one final reply.
                 ctx.send(conn, protocol.error_message(
                     errors.NOT_REGISTERED, "unregistered before the registrar answered", reg.request_id, "register"))
@@ -234,8 +240,11 @@ _EXPIRES_PARAM = re.compile(r";\s*expires\s*=\s*(\d+)", re.IGNORECASE)
 def granted_expires(reply: SipReply, our_contact: str, requested: int) -> int:
     """Expiry the registrar granted: our Contact's expires param, else Expires, else what we asked."""
     for contact in (reply.header("contact") or "").split(","):
-        if our_contact in contact:
-            m = _EXPIRES_PARAM.search(contact)
+        uri = contact.strip()
+        uri = uri[uri.find("<") + 1:uri.find(">")] if "<" in uri and ">" in uri else uri.split(";")[0]
+        # Registrars may add URI parameters (;transport=udp): compare without them.
+        if uri.split(";")[0].strip() == our_contact:
+            m = _EXPIRES_PARAM.search(contact[contact.find(">") + 1:] if ">" in contact else contact)
             if m:
                 return int(m.group(1))
     expires = (reply.header("expires") or "").strip()

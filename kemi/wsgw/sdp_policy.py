@@ -52,6 +52,7 @@ def _filter_audio(media: dict, allowed: list[str]) -> list[str]:
 def apply_codec_policy(sdp: str, allowed: list[str] | tuple[str, ...]) -> FilteredSdp:
     """Filter every audio m-line of `sdp`; raise NoAllowedCodec if no voice codec is left."""
     session = sdp_transform.parse(sdp)
+    _keep_raw_candidates(sdp, session)
     audio = [m for m in session.get("media", []) if m.get("type") == "audio"]
     if not audio:
         raise NoAllowedCodec("the offer has no audio")
@@ -63,6 +64,20 @@ def apply_codec_policy(sdp: str, allowed: list[str] | tuple[str, ...]) -> Filter
         codecs = codecs or kept
     text = sdp_transform.write(session)
     return FilteredSdp(sdp=text if text.endswith("\r\n") else text + "\r\n", codecs=_dedupe(codecs))
+
+
+def _keep_raw_candidates(sdp: str, session: dict) -> None:
+    """Carry ICE candidate lines through verbatim.
+
+    sdp-transform 1.1.0 (Python) spells the RFC 6544 attribute `tcpfield`, so a
+    parse/write round trip drops `tcptype ...` and what follows from TCP
+    candidates. The policy never changes candidates, so keep the original text.
+    """
+    sections = sdp.replace("\r\n", "\n").split("\nm=")[1:]
+    for media, section in zip(session.get("media", []), sections):
+        raw = [line[2:] for line in section.split("\n") if line.startswith("a=candidate:")]
+        if raw and media.pop("candidates", None) is not None:
+            media.setdefault("invalid", []).extend({"value": line} for line in raw)
 
 
 def _dedupe(names: list[str]) -> list[str]:

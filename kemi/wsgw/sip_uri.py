@@ -9,7 +9,7 @@ from . import errors
 from .errors import GatewayError
 
 _URI_RE = re.compile(
-    r"^sips?:(?:(?P<user>[A-Za-z0-9._+*-]+)@)?(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)"
+    r"^sip:(?:(?P<user>[A-Za-z0-9._+*-]+)@)?(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)"
     r"(?::(?P<port>\d{1,5}))?(?P<params>(?:;[A-Za-z0-9_.=-]+)*)$"
 )
 
@@ -35,7 +35,10 @@ class SipUri:
 
 
 def parse_sip_uri(text: str) -> SipUri:
-    """Parse a plain `sip:[user@]host[:port][;transport=x]` URI (no headers, no escapes)."""
+    """Parse a plain `sip:[user@]host[:port][;transport=x]` URI (no headers, no escapes).
+
+    `sips:` is refused rather than silently downgraded: TLS toward SIP is not supported yet.
+    """
     m = _URI_RE.fullmatch(text.strip())
     if not m:
         raise GatewayError(errors.INVALID_PAYLOAD, f"not a SIP URI: {text[:80]!r}")

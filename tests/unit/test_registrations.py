@@ -794,12 +794,6 @@ def test_upstream_unregister_while_pending_answers_both_requests_once(uctx, conn
     assert uctx.store.keys(REG) == [] and uctx.store.keys(REG_BY_CALL_ID) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: release() only sends the pending register's final error when reg.request_id is not None, "
-    "so a register sent without an id never gets a reply (spec section 2 rule 3: every request gets exactly "
-    "one final reply, without id if it had none)",
-)
 def test_upstream_unregister_while_pending_without_request_id(uctx, conn):
     register(uctx, conn, None, RegisterPayload("5001", PASSWORD))
     unregister(uctx, conn, "u1")
@@ -851,12 +845,6 @@ def test_tick_handles_several_registrations_independently(uctx, conn, conn2, clo
 # ---- known bugs ----
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: register() only checks that the connection recorded in an existing Registration is still "
-    "open, not that it is still bound to this DN, so a DN being de-registered by a connection that has "
-    "since registered another DN is wrongly reported as already_registered",
-)
 def test_dn_being_released_by_a_connection_now_bound_to_another_dn_is_free(uctx, conn, conn2):
     registered_upstream(uctx, conn, "5001")
     unregister(uctx, conn, "u1")  # Expires: 0 in flight
@@ -869,11 +857,6 @@ def test_dn_being_released_by_a_connection_now_bound_to_another_dn_is_free(uctx,
     assert len(uctx.sip.requests) == n + 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: registering a DN again while its Expires: 0 REGISTER is in flight overwrites the "
-    "Registration without deleting the old Call-ID from REG_BY_CALL_ID; nothing ever removes it",
-)
 def test_reregister_while_unregistering_leaks_no_call_id(uctx, conn, clock):
     _, second = registered_upstream(uctx, conn, "5001")
     old_call_id = headers_of(second)["Call-ID"]
@@ -926,11 +909,6 @@ def test_granted_expires_precedence(headers, expected):
     assert granted_expires(_reply(headers), OURS, 600) == expected
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: granted_expires matches our Contact by substring, so another binding whose URI merely "
-    "starts with ours (sip:5001@127.0.0.1:50601 vs :5060) supplies the expiry",
-)
 def test_granted_expires_does_not_match_a_longer_port():
     reply = _reply({"Contact": f"<sip:5001@127.0.0.1:50601>;expires=10, <{OURS}>;expires=30"})
     assert granted_expires(reply, OURS, 600) == 30

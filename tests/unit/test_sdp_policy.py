@@ -433,12 +433,6 @@ TCP_CANDIDATE = ("a=candidate:434011107 1 tcp 1518280447 192.168.1.23 9 typ host
                  " network-id 1")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: sdp-transform 1.1.0 (Python) spells the ICE-TCP attribute 'tcpfield' instead of 'tcptype' in its "
-           "candidate grammar, so the parse/write round-trip in apply_codec_policy silently drops "
-           "'tcptype active generation 0 network-id 1' from TCP candidates (RFC 6544 requires tcptype)",
-)
 def test_tcp_candidate_keeps_tcptype():
     offer = CHROME_AUDIO_OFFER.replace(
         "a=ice-ufrag:Kq7v\r\n", TCP_CANDIDATE + "\r\na=ice-ufrag:Kq7v\r\n")

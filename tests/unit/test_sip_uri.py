@@ -95,11 +95,6 @@ def test_with_user_keeps_everything_else():
     assert str(base.with_user("5001")) == "sip:5001@pbx.example.com:5080;transport=tcp"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: parse_sip_uri accepts 'sips:' but SipUri has no scheme and __str__ always writes "
-    "'sip:', silently downgrading a sips: GW_UPSTREAM (refuse sips or keep the scheme)",
-)
 def test_sips_is_refused_or_kept():
     try:
         uri = parse_sip_uri("sips:registrar.example.com:5061")
