@@ -14,7 +14,7 @@ from typing import Iterator
 
 import KSR  # type: ignore[import-not-found]
 
-from . import calls, handlers, protocol, registrations, ws_send
+from . import calls, handlers, health, protocol, registrations, ws_send
 from .config import GatewayConfig
 from .connections import ConnRef
 from .context import Context
@@ -277,7 +277,7 @@ class Gateway:
             return 1
         path = str(KSR.pv.get("$hu") or "/").split("?")[0]
         if path in ("/", "/health"):
-            KSR.xhttp.xhttp_reply(200, "OK", "application/json", protocol.encode({"status": "up", "server": "kamailio-wsgw"}))
+            KSR.xhttp.xhttp_reply(200, "OK", "application/json", protocol.encode(health.health(self.ctx)))
         else:
             KSR.xhttp.xhttp_reply(404, "Not Found", "text/plain", "not found\n")
         return 1

@@ -120,3 +120,21 @@ class Gateway:
     def sip_udp_send(self, data: bytes) -> None:
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
             s.sendto(data, ("127.0.0.1", self.sip_port))
+
+
+def health(gw: Gateway) -> dict:
+    """GET /health of a running gateway (counts of connections, registrations, calls)."""
+    import json
+
+    with urllib.request.urlopen(gw.http_url + "/health", timeout=5) as resp:
+        return json.loads(resp.read())
+
+
+def wait_no_calls(gw: Gateway, timeout: float = 10.0) -> dict:
+    """Wait until the gateway's call table is empty; return the last health document."""
+    deadline = time.monotonic() + timeout
+    doc = health(gw)
+    while doc["calls"] and time.monotonic() < deadline:
+        time.sleep(0.1)
+        doc = health(gw)
+    return doc
