@@ -90,3 +90,13 @@ def test_json_to_json_call_loops_through_sip(embedded_gateway, client_factory):
     ended = bob.wait_for("callEnded", callId=bob_call)
     assert ended["payload"]["by"] == "remote"
     assert embedded_gateway.wait_log("call ended by remote call=" + bob_call)
+
+
+def test_inbound_local_bye_follows_the_route_set(embedded_gateway, client_factory, tmp_path):
+    agent = client_factory(embedded_gateway)
+    assert agent.register("5008", PASSWORDS["5008"])["type"] == "registered"
+    with caller(tmp_path, embedded_gateway, "uac_call_record_route.xml", "5008") as sipp:
+        call_id = agent.wait_for("incomingCall")["payload"]["callId"]
+        assert agent.request("answer", {"callId": call_id, "sdp": PCMU_ANSWER})["type"] == "callAccepted"
+        assert agent.request("hangup", {"callId": call_id})["type"] == "callEnded"
+        assert sipp.wait(15) == 0, sipp.describe()

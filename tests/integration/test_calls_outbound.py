@@ -100,3 +100,19 @@ def test_offer_without_allowed_codec_is_refused_before_invite(agent):
 
 def test_hangup_of_unknown_call(agent):
     assert agent.request("hangup", {"callId": "nope"})["payload"]["code"] == "no_such_call"
+
+
+def test_in_dialog_bye_follows_the_route_set(agent, registrar_port, tmp_path):
+    with pbx(tmp_path, registrar_port, "uas_record_route.xml") as sipp:
+        assert agent.request("call", {"to": "6001", "callId": "rr", "sdp": CHROME_OFFER})["type"] == "callAccepted"
+        assert agent.request("hangup", {"callId": "rr"})["type"] == "callEnded"
+        assert sipp.wait(15) == 0, sipp.describe()
+
+
+def test_a_client_cannot_touch_another_clients_call(agent, upstream_gateway, registrar_port, client_factory, tmp_path):
+    intruder = client_factory(upstream_gateway)
+    with pbx(tmp_path, registrar_port, "uas_answer_wait_bye.xml") as sipp:
+        assert agent.request("call", {"to": "6001", "callId": "mine", "sdp": CHROME_OFFER})["type"] == "callAccepted"
+        assert intruder.request("hangup", {"callId": "mine"})["payload"]["code"] == "no_such_call"
+        assert agent.request("hangup", {"callId": "mine"})["type"] == "callEnded"
+        assert sipp.wait(15) == 0, sipp.describe()
