@@ -13,6 +13,8 @@ export GW_SIP_PORT="${GW_SIP_PORT:-5060}"
 export GW_UPSTREAM="${GW_UPSTREAM:-}"
 export GW_SUBSCRIBERS="${GW_SUBSCRIBERS:-$ROOT/etc/subscribers.txt}"
 export GW_CODECS="${GW_CODECS:-PCMU,PCMA,telephone-event}"
+export GW_SIP_TIMEOUT="${GW_SIP_TIMEOUT:-8}"
+export GW_RING_TIMEOUT="${GW_RING_TIMEOUT:-60}"
 export GW_RUN_DIR="${GW_RUN_DIR:-$ROOT/.run/gw-$GW_WS_PORT}"
 GW_SHM_MB="${GW_SHM_MB:-512}"
 GW_PKG_MB="${GW_PKG_MB:-16}"
@@ -32,4 +34,6 @@ exec "$KAMAILIO" \
     -l "tcp:$GW_LISTEN_IP:$GW_WS_PORT" \
     -A "GW_KEMI_SCRIPT=\"$ROOT/kemi/gateway.py\"" \
     -A "GW_CHILDREN=$GW_CHILDREN" \
+    -A "GW_SIP_TIMEOUT_MS=$((GW_SIP_TIMEOUT * 1000))" \
+    -A "GW_RING_TIMEOUT_MS=$(((GW_RING_TIMEOUT + 10) * 1000))" \
     "$@"

@@ -35,7 +35,7 @@ CONFIRMED = "confirmed"
 CANCELLING = "cancelling"  # local CANCEL sent, waiting for the 487
 ENDING = "ending"  # BYE sent, waiting for its reply
 
-MAX_SDP_BYTES = 24000
+MAX_SDP_CHARS = 24000
 FAILURE_REASONS = {486: "busy", 600: "busy", 404: "not_found", 604: "not_found", 480: "unavailable",
                    603: "declined", 408: "no_answer", 487: "cancelled"}
 
@@ -68,8 +68,8 @@ class CallIdPayload:
 
 def _sdp(payload: dict, required: bool = True) -> str:
     sdp = payload.get("sdp", "")
-    if (required or "sdp" in payload) and (not isinstance(sdp, str) or not sdp.startswith("v=0") or len(sdp) > MAX_SDP_BYTES):
-        raise GatewayError(errors.INVALID_PAYLOAD, f"sdp must be an SDP text starting with v=0, at most {MAX_SDP_BYTES} bytes")
+    if (required or "sdp" in payload) and (not isinstance(sdp, str) or not sdp.startswith("v=0") or len(sdp) > MAX_SDP_CHARS):
+        raise GatewayError(errors.INVALID_PAYLOAD, f"sdp must be an SDP text starting with v=0, at most {MAX_SDP_CHARS} characters")
     return sdp
 
 
@@ -101,7 +101,7 @@ def parse_answer(payload: dict) -> CallIdPayload:
 def parse_reject(payload: dict) -> CallIdPayload:
     _only(payload, {"callId", "code"})
     code = payload.get("code", 486)
-    if code not in (486, 603, 480) or isinstance(code, bool):
+    if type(code) is not int or code not in (486, 603, 480):
         raise GatewayError(errors.INVALID_PAYLOAD, "code must be 486, 480 or 603")
     return CallIdPayload(call_id=validate_token(payload.get("callId"), "callId"), code=code)
 
@@ -205,7 +205,10 @@ def _send(ctx: Context, conn: ConnRef, msg_type: str, payload: dict, request_id:
 
 def place_call(ctx: Context, conn: ConnRef, request_id: str | None, req: CallPayload) -> None:
     dn = registrations.dn_of_connection(ctx, conn)
-    if dn is None:
+    reg = registrations.Registration.load(ctx, dn) if dn else None
+    # Upstream, the binding exists while the REGISTER is pending: only a registration
+    # the registrar accepted may call (the PBX trusts the gateway's INVITEs).
+    if reg is None or reg.state != registrations.REGISTERED or reg.conn != conn.key:
         raise GatewayError(errors.NOT_REGISTERED, "register before calling")
     key = call_key(conn, req.call_id)
     if ctx.store.get(CALLS, key) is not None:
@@ -225,7 +228,6 @@ def place_call(ctx: Context, conn: ConnRef, request_id: str | None, req: CallPay
     except Exception:
         raise GatewayError(errors.INVALID_PAYLOAD, "sdp could not be parsed") from None
 
-    reg = registrations.Registration.load(ctx, dn)
     domain = ctx.config.upstream.host if ctx.config.upstream else f"{ctx.config.listen_ip}:{ctx.config.sip_port}"
     now = ctx.clock()
     call = Call(
@@ -236,7 +238,7 @@ def place_call(ctx: Context, conn: ConnRef, request_id: str | None, req: CallPay
     )
     call.save(ctx)
     headers = [
-        ("From", name_addr(call.local_uri, reg.display_name if reg else "", call.local_tag)),
+        ("From", name_addr(call.local_uri, reg.display_name, call.local_tag)),
         ("To", name_addr(call.remote_uri)),
         ("Call-ID", call.sip_call_id),
         ("CSeq", f"{call.invite_cseq} INVITE"),
@@ -265,6 +267,8 @@ def _route_list(record_route: str) -> list[str]:
 def on_invite_reply(ctx: Context, call: Call, reply: SipReply) -> None:
     conn = call.owner
     if reply.status < 200:
+        if call.state == CANCELLING:
+            return  # the browser hung up already
         if call.state == CALLING:
             call.state = RINGING
             call.deadline = ctx.clock() + ctx.config.ring_timeout
@@ -330,13 +334,24 @@ def on_reply(ctx: Context, reply: SipReply) -> None:
         call.forget(ctx)
 
 
+def _cancel(ctx: Context, call: Call) -> None:
+    """CANCEL our INVITE and keep the record until its final reply: a 200 that
+    crosses the CANCEL must still be ACKed (tm) and ended with a BYE (on_invite_reply).
+
+    Without a provisional no CANCEL can be sent (RFC 3261 9.1) and no 487 will come:
+    tm gives up on its own fr_timer (= GW_SIP_TIMEOUT), so wait that long, not 32 s."""
+    call.deadline = ctx.clock() + (ctx.config.sip_timeout if call.state == CALLING else 32)
+    call.state = CANCELLING
+    call.save(ctx)
+    ctx.sip.cancel(call.sip_call_id, call.invite_cseq)
+
+
 def hangup(ctx: Context, conn: ConnRef, request_id: str | None, req: CallIdPayload) -> None:
     call = _own_call(ctx, conn, req.call_id)
     if call.direction == "outbound" and call.state in (CALLING, RINGING):
-        call.state = CANCELLING
-        call.deadline = ctx.clock() + 32
-        call.save(ctx)
-        ctx.sip.cancel(call.sip_call_id, call.invite_cseq)
+        _cancel(ctx, call)
+        # The `call` request gets its one final reply too.
+        _send(ctx, conn, "callFailed", {"callId": call.call_id, "code": 487, "reason": "cancelled"}, call.request_id)
     elif call.direction == "inbound" and call.state == RINGING:
         ctx.sip.reply_suspended(call.t_index, call.t_label, 486, "Busy Here", "", "")
         call.forget(ctx)
@@ -392,8 +407,12 @@ def ring_inbound(ctx: Context, invite: InboundInvite, t_index: int, t_label: int
     )
     call.save(ctx)
     ctx.log.info("call in call=%s sip_call_id=%s to=%s from=%s", call_id, invite.sip_call_id, invite.dn, invite.from_user)
-    _send(ctx, conn, "incomingCall",
-          {"callId": call_id, "from": invite.from_user, "displayName": invite.display_name, "sdp": invite.sdp})
+    if not ctx.send(conn, protocol.message(
+            "incomingCall", {"callId": call_id, "from": invite.from_user, "displayName": invite.display_name,
+                             "sdp": invite.sdp})):
+        # The browser cannot be alerted (gone, or the frame is too large): do not ring into the void.
+        ctx.sip.reply_suspended(t_index, t_label, 480, "Temporarily Unavailable", "", "")
+        call.forget(ctx)
 
 
 def answer(ctx: Context, conn: ConnRef, request_id: str | None, req: CallIdPayload) -> None:
@@ -404,6 +423,8 @@ def answer(ctx: Context, conn: ConnRef, request_id: str | None, req: CallIdPaylo
         filtered = apply_codec_policy(req.sdp, ctx.config.codecs)
     except NoAllowedCodec as exc:
         raise GatewayError(errors.INVALID_PAYLOAD, str(exc)) from None
+    except Exception:
+        raise GatewayError(errors.INVALID_PAYLOAD, "sdp could not be parsed") from None
     local_tag = ctx.sip.reply_suspended(call.t_index, call.t_label, 200, "OK", f"Contact: {_contact(ctx, call.dn)}\r\n",
                                         filtered.sdp)
     if local_tag is None:
@@ -433,6 +454,8 @@ def on_remote_bye(ctx: Context, sip_call_id: str, from_tag: str, to_tag: str) ->
     if call is None:
         return 481
     call.forget(ctx)
+    if call.state == ENDING:
+        return 200  # the BYEs crossed: the browser already got callEnded
     ctx.log.info("call ended by remote call=%s", call.call_id)
     _send(ctx, call.owner, "callEnded", {"callId": call.call_id, "by": "remote", "reason": "bye"})
     return 200
@@ -459,15 +482,13 @@ def connection_closed(ctx: Context, conn: ConnRef) -> None:
             if call is None:
                 continue
             if call.direction == "outbound" and call.state in (CALLING, RINGING):
-                ctx.sip.cancel(call.sip_call_id, call.invite_cseq)
-                call.forget(ctx)
+                _cancel(ctx, call)
             elif call.direction == "inbound" and call.state == RINGING:
                 ctx.sip.reply_suspended(call.t_index, call.t_label, 480, "Temporarily Unavailable", "", "")
                 call.forget(ctx)
             elif call.state == CONFIRMED:
                 _send_bye(ctx, call)
-            else:
-                call.forget(ctx)
+            # CANCELLING / ENDING records wait for their reply or tick's deadline.
 
 
 def tick(ctx: Context) -> None:
@@ -478,10 +499,9 @@ def tick(ctx: Context) -> None:
             continue
         conn = call.owner
         if call.direction == "outbound" and call.state in (CALLING, RINGING):
-            ctx.sip.cancel(call.sip_call_id, call.invite_cseq)
-            call.forget(ctx)
             reason = "unreachable" if call.state == CALLING else "no_answer"
             ctx.log.info("call timeout call=%s %s", call.call_id, reason)
+            _cancel(ctx, call)
             _send(ctx, conn, "callFailed", {"callId": call.call_id, "code": 408, "reason": reason}, call.request_id)
         elif call.direction == "inbound" and call.state == RINGING:
             ctx.sip.reply_suspended(call.t_index, call.t_label, 480, "Temporarily Unavailable", "", "")

@@ -29,7 +29,7 @@ class GatewayConfig:
     codecs: tuple[str, ...] = ("PCMU", "PCMA", "telephone-event")
     # Expiry requested from the upstream registrar and reported in embedded mode.
     register_expires: int = 600
-    # Seconds an inbound call rings before the gateway gives up (480).
+    # Seconds a call rings before the gateway gives up (inbound: 480; outbound: CANCEL, no_answer).
     ring_timeout: int = 60
     # Seconds without any reply before a request is declared unreachable.
     sip_timeout: int = 8

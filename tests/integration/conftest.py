@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -9,6 +10,7 @@ import pytest
 
 from harness.gateway import SUBSCRIBERS, Gateway
 from harness.ports import free_port
+from harness.sipp import Sipp
 from harness.wsclient import WsClient
 
 
@@ -55,3 +57,37 @@ def client_factory() -> Iterator[Callable[[Gateway], WsClient]]:
     yield make
     for client in clients:
         client.close()
+
+
+@pytest.fixture
+def upstream_agents(upstream_gateway, registrar_port, client_factory, tmp_path):
+    """make(n) -> n clients registered upstream with fresh DNs.
+
+    GW_UPSTREAM is both the registrar and the PBX, played in turn by SIPp on
+    `registrar_port`: a SIPp registrar runs only while the clients register and,
+    at the end of the test, while they unregister, so that no REGISTER reaches the
+    call scenario of a test."""
+    registered: list[WsClient] = []
+
+    def registrar(n: int, name: str) -> Sipp:
+        return Sipp("registrar_challenge.xml", tmp_path / name, local_port=registrar_port, calls=n, timeout=30,
+                    keys={"expires": "600", "auth_user": "", "auth_pass": ""})
+
+    def make(n: int = 1) -> list[WsClient]:
+        clients = [client_factory(upstream_gateway) for _ in range(n)]
+        with registrar(n, "reg"):
+            for client in clients:
+                reply = client.register(next(_upstream_dns), "pw")
+                assert reply["type"] == "registered", reply
+        registered.extend(clients)
+        return clients
+
+    yield make
+    if registered:
+        with registrar(len(registered), "unreg") as sipp:
+            for client in registered:
+                assert client.request("unregister")["type"] == "unregistered"
+            assert sipp.wait(15) == 0, sipp.describe()
+
+
+_upstream_dns = (f"7{n:03d}" for n in itertools.count(1))

@@ -1,6 +1,5 @@
 """Outbound calls: a JSON client calls a SIPp UAS that plays the upstream PBX."""
 
-import itertools
 import re
 
 import pytest
@@ -10,21 +9,10 @@ from harness.sipp import Sipp
 
 pytestmark = pytest.mark.integration
 
-PASSWORD = "pw-outbound"
-# A DN per test: the previous test's WebSocket is released asynchronously.
-_dns = (f"70{n:02d}" for n in itertools.count(1))
-
-
 @pytest.fixture
-def agent(upstream_gateway, registrar_port, client_factory, tmp_path):
-    """A client registered upstream. The SIPp registrar is stopped afterwards so that
-    the same port (GW_UPSTREAM) can be played by the call scenario of the test."""
-    client = client_factory(upstream_gateway)
-    with Sipp("registrar_challenge.xml", tmp_path / "reg", local_port=registrar_port, timeout=30,
-              keys={"expires": "600", "auth_user": "", "auth_pass": ""}):
-        reply = client.register(next(_dns), PASSWORD)
-        assert reply["type"] == "registered", reply
-    return client
+def agent(upstream_agents):
+    """A client registered upstream (see conftest.upstream_agents)."""
+    return upstream_agents(1)[0]
 
 
 def pbx(tmp_path, port, scenario):
@@ -74,11 +62,12 @@ def test_outbound_cancel_before_answer(agent, registrar_port, tmp_path):
         request_id = agent.send("call", {"to": "6001", "callId": "out4", "sdp": CHROME_OFFER})
         agent.wait_for("ringing", callId="out4")
         assert agent.request("hangup", {"callId": "out4"})["type"] == "callEnded"
+        # The `call` request gets its own final reply: cancelled, once.
+        failed = agent.wait(lambda m: m.get("id") == request_id)
+        assert failed["payload"] == {"callId": "out4", "code": 487, "reason": "cancelled"}
         assert sipp.wait(15) == 0, sipp.describe()
-        # The `call` request got exactly one final reply: callEnded came for hangup, none for call.
         agent.assert_no_message(1.0, "callFailed")
     assert "CANCEL sip:" in sipp.messages()
-    del request_id
 
 
 def test_codec_policy_on_the_sip_side(agent, registrar_port, tmp_path):
