@@ -16,7 +16,9 @@ this gateway (JSON client to JSON client) apart, as they share a Call-ID.
 from __future__ import annotations
 
 import re
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from typing import Iterator
 
 from . import errors, protocol, registrations
 from .connections import ConnRef
@@ -66,7 +68,7 @@ class CallIdPayload:
     reason: str = ""
 
 
-def _sdp(payload: dict, required: bool = True) -> str:
+def sdp_field(payload: dict, required: bool = True) -> str:
     sdp = payload.get("sdp", "")
     if (required or "sdp" in payload) and (not isinstance(sdp, str) or not sdp.startswith("v=0") or len(sdp) > MAX_SDP_CHARS):
         raise GatewayError(errors.INVALID_PAYLOAD, f"sdp must be an SDP text starting with v=0, at most {MAX_SDP_CHARS} characters")
@@ -82,7 +84,7 @@ def _only(payload: dict, allowed: set[str]) -> None:
 def parse_call(payload: dict) -> CallPayload:
     _only(payload, {"to", "callId", "sdp"})
     return CallPayload(to=validate_dn(payload.get("to"), "to"), call_id=validate_token(payload.get("callId"), "callId"),
-                       sdp=_sdp(payload))
+                       sdp=sdp_field(payload))
 
 
 def parse_hangup(payload: dict) -> CallIdPayload:
@@ -95,7 +97,7 @@ def parse_hangup(payload: dict) -> CallIdPayload:
 
 def parse_answer(payload: dict) -> CallIdPayload:
     _only(payload, {"callId", "sdp"})
-    return CallIdPayload(call_id=validate_token(payload.get("callId"), "callId"), sdp=_sdp(payload))
+    return CallIdPayload(call_id=validate_token(payload.get("callId"), "callId"), sdp=sdp_field(payload))
 
 
 def parse_reject(payload: dict) -> CallIdPayload:
@@ -136,6 +138,16 @@ class Call:
     nexthop: str = ""
     t_index: int = 0
     t_label: int = 0
+    # Last negotiated SDP on the SIP side (what we sent / what the peer sent).
+    local_sdp: str = ""
+    remote_sdp: str = ""
+    # Mid-call state (see midcall.py): our pending re-INVITE, the peer's re-INVITE
+    # waiting for the browser's answer, and the DTMF requests being sent as INFO.
+    reinvite: dict | None = None
+    update_in: dict | None = None
+    dtmf: list = field(default_factory=list)
+    dtmf_cseq: int = 0
+    dtmf_sent_at: float = 0.0
 
     @property
     def leg_key(self) -> str:
@@ -167,36 +179,59 @@ def call_key(conn: ConnRef, call_id: str) -> str:
     return f"{conn.key}#{call_id}"
 
 
-def find_for_reply(ctx: Context, sip_call_id: str, from_tag: str, to_tag: str) -> Call | None:
+def key_for_reply(ctx: Context, sip_call_id: str, from_tag: str, to_tag: str) -> str | None:
     """A reply to our request: From tag is ours on an outbound leg, To tag is the caller's on an inbound one."""
     for key in (leg_key("outbound", sip_call_id, from_tag), leg_key("inbound", sip_call_id, to_tag)):
         ck = ctx.store.get(CALLS_BY_SIP_ID, key)
         if ck:
-            return Call.load(ctx, ck)
+            return ck
     return None
 
 
-def find_for_request(ctx: Context, sip_call_id: str, from_tag: str, to_tag: str) -> Call | None:
+def key_for_request(ctx: Context, sip_call_id: str, from_tag: str, to_tag: str) -> str | None:
     """A request from the network: To tag is ours on an outbound leg, From tag is the caller's on an inbound one."""
     for key in (leg_key("outbound", sip_call_id, to_tag), leg_key("inbound", sip_call_id, from_tag)):
         ck = ctx.store.get(CALLS_BY_SIP_ID, key)
         if ck:
-            return Call.load(ctx, ck)
+            return ck
     return None
 
 
-def _own_call(ctx: Context, conn: ConnRef, call_id: str) -> Call:
-    call = Call.load(ctx, call_key(conn, call_id))
-    if call is None:
-        raise GatewayError(errors.NO_SUCH_CALL, f"no call {call_id} on this connection")
-    return call
+def find_for_reply(ctx: Context, sip_call_id: str, from_tag: str, to_tag: str) -> Call | None:
+    key = key_for_reply(ctx, sip_call_id, from_tag, to_tag)
+    return Call.load(ctx, key) if key else None
 
 
-def _contact(ctx: Context, dn: str) -> str:
+def find_for_request(ctx: Context, sip_call_id: str, from_tag: str, to_tag: str) -> Call | None:
+    key = key_for_request(ctx, sip_call_id, from_tag, to_tag)
+    return Call.load(ctx, key) if key else None
+
+
+@contextmanager
+def locked(ctx: Context, key: str | None) -> Iterator[Call | None]:
+    """The call `key`, loaded under its lock: replies (UDP workers), the browser's
+    requests (its TCP worker) and the timer process all modify call records."""
+    if not key:
+        yield None
+        return
+    with ctx.store.lock(CALLS, key):
+        yield Call.load(ctx, key)
+
+
+@contextmanager
+def own_call(ctx: Context, conn: ConnRef, call_id: str) -> Iterator[Call]:
+    """A call of this connection, locked; no_such_call otherwise (a client acts on its own calls only)."""
+    with locked(ctx, call_key(conn, call_id)) as call:
+        if call is None:
+            raise GatewayError(errors.NO_SUCH_CALL, f"no call {call_id} on this connection")
+        yield call
+
+
+def contact(ctx: Context, dn: str) -> str:
     return f"<sip:{dn}@{ctx.config.listen_ip}:{ctx.config.sip_port}>"
 
 
-def _send(ctx: Context, conn: ConnRef, msg_type: str, payload: dict, request_id: str | None = None) -> None:
+def send(ctx: Context, conn: ConnRef, msg_type: str, payload: dict, request_id: str | None = None) -> None:
     ctx.send(conn, protocol.message(msg_type, payload, request_id))
 
 
@@ -211,12 +246,19 @@ def place_call(ctx: Context, conn: ConnRef, request_id: str | None, req: CallPay
     if reg is None or reg.state != registrations.REGISTERED or reg.conn != conn.key:
         raise GatewayError(errors.NOT_REGISTERED, "register before calling")
     key = call_key(conn, req.call_id)
+    with ctx.store.lock(CALLS, key):
+        _place_call(ctx, conn, request_id, req, reg, key)
+
+
+def _place_call(ctx: Context, conn: ConnRef, request_id: str | None, req: CallPayload,
+                reg: registrations.Registration, key: str) -> None:
+    dn = reg.dn
     if ctx.store.get(CALLS, key) is not None:
         raise GatewayError(errors.INVALID_STATE, f"callId {req.call_id} is already in use on this connection")
 
     def fail(code: int, reason: str) -> None:
         ctx.log.info("call refused call=%s to=%s code=%d %s", req.call_id, req.to, code, reason)
-        _send(ctx, conn, "callFailed", {"callId": req.call_id, "code": code, "reason": failure_reason(code)}, request_id)
+        send(ctx, conn, "callFailed", {"callId": req.call_id, "code": code, "reason": failure_reason(code)}, request_id)
 
     decision = route(req.to, ctx.config)
     if decision.kind == "refused":
@@ -234,7 +276,7 @@ def place_call(ctx: Context, conn: ConnRef, request_id: str | None, req: CallPay
         key=key, call_id=req.call_id, conn=conn.key, dn=dn, direction="outbound", state=CALLING,
         sip_call_id=new_call_id(ctx.config.listen_ip), local_uri=f"sip:{dn}@{domain}", remote_uri=decision.ruri,
         local_tag=new_tag(), peer=req.to, codecs=filtered.codecs, request_id=request_id, created_at=now,
-        deadline=now + ctx.config.sip_timeout, nexthop=decision.nexthop,
+        deadline=now + ctx.config.sip_timeout, nexthop=decision.nexthop, local_sdp=filtered.sdp,
     )
     call.save(ctx)
     headers = [
@@ -242,7 +284,7 @@ def place_call(ctx: Context, conn: ConnRef, request_id: str | None, req: CallPay
         ("To", name_addr(call.remote_uri)),
         ("Call-ID", call.sip_call_id),
         ("CSeq", f"{call.invite_cseq} INVITE"),
-        ("Contact", _contact(ctx, dn)),
+        ("Contact", contact(ctx, dn)),
         ("Max-Forwards", "70"),
         ("Content-Type", "application/sdp"),
     ]
@@ -276,9 +318,9 @@ def on_invite_reply(ctx: Context, call: Call, reply: SipReply) -> None:
         if reply.status == 100:
             return
         if reply.status == 183 and reply.body:
-            _send(ctx, conn, "progress", {"callId": call.call_id, "sdp": reply.body})
+            send(ctx, conn, "progress", {"callId": call.call_id, "sdp": reply.body})
         elif reply.status in (180, 181, 182, 183):
-            _send(ctx, conn, "ringing", {"callId": call.call_id})
+            send(ctx, conn, "ringing", {"callId": call.call_id})
         return
     if 200 <= reply.status < 300:
         if call.state in (CONFIRMED, ENDING):
@@ -292,46 +334,65 @@ def on_invite_reply(ctx: Context, call: Call, reply: SipReply) -> None:
             return
         call.state = CONFIRMED
         call.answered_at = ctx.clock()
+        call.remote_sdp = reply.body
         request_id, call.request_id = call.request_id, None
         call.save(ctx)
         ctx.log.info("call answered call=%s sip_call_id=%s", call.call_id, call.sip_call_id)
-        _send(ctx, conn, "callAccepted", {"callId": call.call_id, "sdp": reply.body, "codecs": call.codecs}, request_id)
+        send(ctx, conn, "callAccepted", {"callId": call.call_id, "sdp": reply.body, "codecs": call.codecs}, request_id)
         return
     # final failure
     call.forget(ctx)
     if call.state == CANCELLING:
         return  # the browser already got callEnded
     ctx.log.info("call failed call=%s code=%d", call.call_id, reply.status)
-    _send(ctx, conn, "callFailed", {"callId": call.call_id, "code": reply.status, "reason": failure_reason(reply.status)},
+    send(ctx, conn, "callFailed", {"callId": call.call_id, "code": reply.status, "reason": failure_reason(reply.status)},
           call.request_id)
 
 
-def _send_bye(ctx: Context, call: Call) -> None:
-    call.local_cseq = max(call.local_cseq, call.invite_cseq) + 1
-    call.state = ENDING
-    call.deadline = ctx.clock() + 32
+def send_in_dialog(ctx: Context, call: Call, method: str, extra: list[tuple[str, str]] | None = None,
+                   body: str = "", content_type: str = "") -> int:
+    """Send `method` inside the call's dialog (tags, route set, remote target, next CSeq).
+
+    Saves the call (with the new CSeq) and returns the CSeq used."""
+    call.local_cseq += 1  # our own CSeq space: the INVITE used 1 on outbound legs, nothing on inbound ones
     call.save(ctx)
     headers = [
         ("From", name_addr(call.local_uri, "", call.local_tag)),
         ("To", name_addr(call.remote_uri, "", call.remote_tag)),
         ("Call-ID", call.sip_call_id),
-        ("CSeq", f"{call.local_cseq} BYE"),
+        ("CSeq", f"{call.local_cseq} {method}"),
         ("Max-Forwards", "70"),
     ]
     if call.route_set:
         headers.append(("Route", ", ".join(call.route_set)))
+    headers += extra or []
+    if body:
+        headers.append(("Content-Type", content_type))
     nexthop = _contact_uri(call.route_set[0]) if call.route_set else ""
-    ctx.sip.send_request(OutgoingRequest("BYE", call.remote_target, header_block(headers), "", nexthop))
+    ctx.sip.send_request(OutgoingRequest(method, call.remote_target, header_block(headers), body, nexthop))
+    return call.local_cseq
+
+
+def _send_bye(ctx: Context, call: Call) -> None:
+    call.state = ENDING
+    call.deadline = ctx.clock() + 32
+    send_in_dialog(ctx, call, "BYE")
 
 
 def on_reply(ctx: Context, reply: SipReply) -> None:
-    call = find_for_reply(ctx, reply.call_id, reply.from_tag, reply.to_tag)
-    if call is None:
-        return
-    if reply.method == "INVITE" and call.direction == "outbound":
-        on_invite_reply(ctx, call, reply)
-    elif reply.method == "BYE" and reply.status >= 200 and call.state == ENDING:
-        call.forget(ctx)
+    from . import midcall  # midcall builds on this module
+
+    with locked(ctx, key_for_reply(ctx, reply.call_id, reply.from_tag, reply.to_tag)) as call:
+        if call is None:
+            return
+        if reply.method == "INVITE" and call.direction == "outbound" and reply.cseq == call.invite_cseq:
+            on_invite_reply(ctx, call, reply)
+        elif reply.method == "INVITE":
+            midcall.on_reinvite_reply(ctx, call, reply)
+        elif reply.method == "INFO":
+            midcall.on_info_reply(ctx, call, reply)
+        elif reply.method == "BYE" and reply.status >= 200 and call.state == ENDING:
+            call.forget(ctx)
 
 
 def _cancel(ctx: Context, call: Call) -> None:
@@ -347,11 +408,15 @@ def _cancel(ctx: Context, call: Call) -> None:
 
 
 def hangup(ctx: Context, conn: ConnRef, request_id: str | None, req: CallIdPayload) -> None:
-    call = _own_call(ctx, conn, req.call_id)
+    with own_call(ctx, conn, req.call_id) as call:
+        _hangup(ctx, conn, request_id, req, call)
+
+
+def _hangup(ctx: Context, conn: ConnRef, request_id: str | None, req: CallIdPayload, call: Call) -> None:
     if call.direction == "outbound" and call.state in (CALLING, RINGING):
         _cancel(ctx, call)
         # The `call` request gets its one final reply too.
-        _send(ctx, conn, "callFailed", {"callId": call.call_id, "code": 487, "reason": "cancelled"}, call.request_id)
+        send(ctx, conn, "callFailed", {"callId": call.call_id, "code": 487, "reason": "cancelled"}, call.request_id)
     elif call.direction == "inbound" and call.state == RINGING:
         ctx.sip.reply_suspended(call.t_index, call.t_label, 486, "Busy Here", "", "")
         call.forget(ctx)
@@ -360,7 +425,7 @@ def hangup(ctx: Context, conn: ConnRef, request_id: str | None, req: CallIdPaylo
     else:
         raise GatewayError(errors.INVALID_STATE, f"call {req.call_id} is already ending")
     ctx.log.info("call hangup call=%s state=%s", call.call_id, call.state)
-    _send(ctx, conn, "callEnded", {"callId": call.call_id, "by": "local", "reason": req.reason or "hangup"}, request_id)
+    send(ctx, conn, "callEnded", {"callId": call.call_id, "by": "local", "reason": req.reason or "hangup"}, request_id)
 
 
 # ---- inbound ----
@@ -416,7 +481,11 @@ def ring_inbound(ctx: Context, invite: InboundInvite, t_index: int, t_label: int
 
 
 def answer(ctx: Context, conn: ConnRef, request_id: str | None, req: CallIdPayload) -> None:
-    call = _own_call(ctx, conn, req.call_id)
+    with own_call(ctx, conn, req.call_id) as call:
+        _answer(ctx, conn, request_id, req, call)
+
+
+def _answer(ctx: Context, conn: ConnRef, request_id: str | None, req: CallIdPayload, call: Call) -> None:
     if call.direction != "inbound" or call.state != RINGING:
         raise GatewayError(errors.INVALID_STATE, f"call {req.call_id} is not ringing")
     try:
@@ -425,7 +494,7 @@ def answer(ctx: Context, conn: ConnRef, request_id: str | None, req: CallIdPaylo
         raise GatewayError(errors.INVALID_PAYLOAD, str(exc)) from None
     except Exception:
         raise GatewayError(errors.INVALID_PAYLOAD, "sdp could not be parsed") from None
-    local_tag = ctx.sip.reply_suspended(call.t_index, call.t_label, 200, "OK", f"Contact: {_contact(ctx, call.dn)}\r\n",
+    local_tag = ctx.sip.reply_suspended(call.t_index, call.t_label, 200, "OK", f"Contact: {contact(ctx, call.dn)}\r\n",
                                         filtered.sdp)
     if local_tag is None:
         call.forget(ctx)
@@ -433,41 +502,54 @@ def answer(ctx: Context, conn: ConnRef, request_id: str | None, req: CallIdPaylo
     call.local_tag = local_tag or call.local_tag
     call.state = CONFIRMED
     call.codecs = filtered.codecs
+    call.local_sdp = filtered.sdp
     call.answered_at = ctx.clock()
     call.save(ctx)
     ctx.log.info("call answered call=%s sip_call_id=%s", call.call_id, call.sip_call_id)
-    _send(ctx, conn, "callAccepted", {"callId": call.call_id, "sdp": filtered.sdp, "codecs": filtered.codecs}, request_id)
+    send(ctx, conn, "callAccepted", {"callId": call.call_id, "sdp": filtered.sdp, "codecs": filtered.codecs}, request_id)
 
 
 def reject(ctx: Context, conn: ConnRef, request_id: str | None, req: CallIdPayload) -> None:
-    call = _own_call(ctx, conn, req.call_id)
+    with own_call(ctx, conn, req.call_id) as call:
+        _reject(ctx, conn, request_id, req, call)
+
+
+def _reject(ctx: Context, conn: ConnRef, request_id: str | None, req: CallIdPayload, call: Call) -> None:
     if call.direction != "inbound" or call.state != RINGING:
         raise GatewayError(errors.INVALID_STATE, f"call {req.call_id} is not ringing")
     reasons = {486: "Busy Here", 603: "Decline", 480: "Temporarily Unavailable"}
     ctx.sip.reply_suspended(call.t_index, call.t_label, req.code, reasons[req.code], "", "")
     call.forget(ctx)
-    _send(ctx, conn, "callEnded", {"callId": call.call_id, "by": "local", "reason": "rejected"}, request_id)
+    send(ctx, conn, "callEnded", {"callId": call.call_id, "by": "local", "reason": "rejected"}, request_id)
 
 
 def on_remote_bye(ctx: Context, sip_call_id: str, from_tag: str, to_tag: str) -> int:
-    call = find_for_request(ctx, sip_call_id, from_tag, to_tag)
+    with locked(ctx, key_for_request(ctx, sip_call_id, from_tag, to_tag)) as call:
+        return _on_remote_bye(ctx, call)
+
+
+def _on_remote_bye(ctx: Context, call: Call | None) -> int:
     if call is None:
         return 481
     call.forget(ctx)
     if call.state == ENDING:
         return 200  # the BYEs crossed: the browser already got callEnded
     ctx.log.info("call ended by remote call=%s", call.call_id)
-    _send(ctx, call.owner, "callEnded", {"callId": call.call_id, "by": "remote", "reason": "bye"})
+    send(ctx, call.owner, "callEnded", {"callId": call.call_id, "by": "remote", "reason": "bye"})
     return 200
 
 
 def on_remote_cancel(ctx: Context, sip_call_id: str, from_tag: str) -> None:
-    call = find_for_request(ctx, sip_call_id, from_tag, "")
+    with locked(ctx, key_for_request(ctx, sip_call_id, from_tag, "")) as call:
+        _on_remote_cancel(ctx, call)
+
+
+def _on_remote_cancel(ctx: Context, call: Call | None) -> None:
     if call is None or call.direction != "inbound" or call.state != RINGING:
         return
     call.forget(ctx)
     ctx.log.info("call cancelled by caller call=%s", call.call_id)
-    _send(ctx, call.owner, "callCancelled", {"callId": call.call_id})
+    send(ctx, call.owner, "callCancelled", {"callId": call.call_id})
 
 
 # ---- housekeeping ----
@@ -477,8 +559,9 @@ def connection_closed(ctx: Context, conn: ConnRef) -> None:
     """End every call of a closed connection (the browser can no longer talk)."""
     prefix = conn.key + "#"
     for key in ctx.store.keys(CALLS):
-        if key.startswith(prefix):
-            call = Call.load(ctx, key)
+        if not key.startswith(prefix):
+            continue
+        with locked(ctx, key) as call:
             if call is None:
                 continue
             if call.direction == "outbound" and call.state in (CALLING, RINGING):
@@ -492,21 +575,31 @@ def connection_closed(ctx: Context, conn: ConnRef) -> None:
 
 
 def tick(ctx: Context) -> None:
+    """Once a second (timer process): set-up timers, then mid-call timers of answered calls."""
+    from . import midcall
+
     now = ctx.clock()
     for key in ctx.store.keys(CALLS):
-        call = Call.load(ctx, key)
-        if call is None or not call.deadline or now < call.deadline:
-            continue
-        conn = call.owner
-        if call.direction == "outbound" and call.state in (CALLING, RINGING):
-            reason = "unreachable" if call.state == CALLING else "no_answer"
-            ctx.log.info("call timeout call=%s %s", call.call_id, reason)
-            _cancel(ctx, call)
-            _send(ctx, conn, "callFailed", {"callId": call.call_id, "code": 408, "reason": reason}, call.request_id)
-        elif call.direction == "inbound" and call.state == RINGING:
-            ctx.sip.reply_suspended(call.t_index, call.t_label, 480, "Temporarily Unavailable", "", "")
-            call.forget(ctx)
-            ctx.log.info("call ring timeout call=%s", call.call_id)
-            _send(ctx, conn, "callCancelled", {"callId": call.call_id, "reason": "no_answer"})
-        elif call.state in (CANCELLING, ENDING):
-            call.forget(ctx)
+        with locked(ctx, key) as call:
+            if call is None:
+                continue
+            if call.state == CONFIRMED:
+                midcall.tick_call(ctx, call, now)
+            elif call.deadline and now >= call.deadline:
+                _expire(ctx, call)
+
+
+def _expire(ctx: Context, call: Call) -> None:
+    conn = call.owner
+    if call.direction == "outbound" and call.state in (CALLING, RINGING):
+        reason = "unreachable" if call.state == CALLING else "no_answer"
+        ctx.log.info("call timeout call=%s %s", call.call_id, reason)
+        _cancel(ctx, call)
+        send(ctx, conn, "callFailed", {"callId": call.call_id, "code": 408, "reason": reason}, call.request_id)
+    elif call.direction == "inbound" and call.state == RINGING:
+        ctx.sip.reply_suspended(call.t_index, call.t_label, 480, "Temporarily Unavailable", "", "")
+        call.forget(ctx)
+        ctx.log.info("call ring timeout call=%s", call.call_id)
+        send(ctx, conn, "callCancelled", {"callId": call.call_id, "reason": "no_answer"})
+    elif call.state in (CANCELLING, ENDING):
+        call.forget(ctx)

@@ -33,6 +33,8 @@ class GatewayConfig:
     ring_timeout: int = 60
     # Seconds without any reply before a request is declared unreachable.
     sip_timeout: int = 8
+    # Seconds the browser has to answer an updateOffer (a re-INVITE from the far end).
+    update_timeout: int = 5
     extra: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -66,4 +68,5 @@ class GatewayConfig:
             register_expires=_int(env, "GW_REGISTER_EXPIRES", 600),
             ring_timeout=_int(env, "GW_RING_TIMEOUT", 60),
             sip_timeout=_int(env, "GW_SIP_TIMEOUT", 8),
+            update_timeout=_int(env, "GW_UPDATE_TIMEOUT", 5),
         )

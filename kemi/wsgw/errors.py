@@ -13,6 +13,7 @@ UPSTREAM_UNREACHABLE = "upstream_unreachable"
 RATE_LIMITED = "rate_limited"
 NO_SUCH_CALL = "no_such_call"
 INVALID_STATE = "invalid_state"
+PEER_REJECTED = "peer_rejected"
 INTERNAL = "internal"
 
 ALL_CODES = (
@@ -27,6 +28,7 @@ ALL_CODES = (
     RATE_LIMITED,
     NO_SUCH_CALL,
     INVALID_STATE,
+    PEER_REJECTED,
     INTERNAL,
 )
 

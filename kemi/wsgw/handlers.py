@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from . import calls, errors, protocol, registrations
+from . import calls, errors, midcall, protocol, registrations
 from .connections import ConnRef
 from .context import Context
 from .errors import GatewayError
@@ -46,6 +46,22 @@ def handle_reject(ctx: Context, conn: ConnRef, frame: Frame) -> None:
     calls.reject(ctx, conn, frame.id, frame.payload)
 
 
+def handle_hold(ctx: Context, conn: ConnRef, frame: Frame) -> None:
+    midcall.hold(ctx, conn, frame.id, frame.payload)
+
+
+def handle_resume(ctx: Context, conn: ConnRef, frame: Frame) -> None:
+    midcall.resume(ctx, conn, frame.id, frame.payload)
+
+
+def handle_update_answer(ctx: Context, conn: ConnRef, frame: Frame) -> None:
+    midcall.update_answer(ctx, conn, frame.id, frame.payload)
+
+
+def handle_dtmf(ctx: Context, conn: ConnRef, frame: Frame) -> None:
+    midcall.dtmf(ctx, conn, frame.id, frame.payload)
+
+
 HANDLERS: dict[str, Handler] = {
     "register": handle_register,
     "unregister": handle_unregister,
@@ -54,6 +70,10 @@ HANDLERS: dict[str, Handler] = {
     "hangup": handle_hangup,
     "answer": handle_answer,
     "reject": handle_reject,
+    "hold": handle_hold,
+    "resume": handle_resume,
+    "updateAnswer": handle_update_answer,
+    "dtmf": handle_dtmf,
 }
 
 

@@ -14,7 +14,7 @@ from typing import Iterator
 
 import KSR  # type: ignore[import-not-found]
 
-from . import calls, handlers, health, protocol, registrations, ws_send
+from . import calls, handlers, health, midcall, protocol, registrations, ws_send
 from .config import GatewayConfig
 from .connections import ConnRef
 from .context import Context
@@ -85,6 +85,8 @@ class WsOutbox:
             logging.getLogger("wsgw").warning("could not send %s to conn=%s", message.get("type"), conn)
         return ok
 
+
+_REASONS = {200: "OK", 415: "Unsupported Media Type", 481: "Call/Transaction Does Not Exist"}
 
 # Data for the t_continue callback, which runs synchronously in this process
 # (see TmSipPort.reply_suspended and Gateway.on_inbound_continue).
@@ -224,7 +226,13 @@ class Gateway:
         if to_tag:
             if method == "BYE":
                 code = calls.on_remote_bye(self.ctx, sip_call_id, from_tag, to_tag)
-                KSR.sl.sl_send_reply(code, "OK" if code == 200 else "Call/Transaction Does Not Exist")
+                KSR.sl.sl_send_reply(code, _REASONS[code])
+            elif method == "INVITE":
+                self._reinvite(midcall.Reinvite(sip_call_id, from_tag, to_tag, str(KSR.pv.get("$rb") or "")))
+            elif method == "INFO":
+                code = midcall.on_remote_info(self.ctx, sip_call_id, from_tag, to_tag,
+                                              str(KSR.pv.get("$hdr(Content-Type)") or ""), str(KSR.pv.get("$rb") or ""))
+                KSR.sl.sl_send_reply(code, _REASONS[code])
             else:
                 KSR.sl.sl_send_reply(501, "Not Implemented")
             return 1
@@ -233,6 +241,26 @@ class Gateway:
             return 1
         KSR.sl.sl_send_reply(405, "Method Not Allowed")
         return 1
+
+    def _reinvite(self, inv: "midcall.Reinvite") -> None:
+        if KSR.tm.t_newtran() <= 0:
+            return  # a retransmission: tm resent the last reply
+        immediate = midcall.check_reinvite(self.ctx, inv)
+        if immediate is not None:
+            if immediate.body:
+                KSR.textops.set_reply_body(immediate.body, "application/sdp")
+            if immediate.headers:
+                KSR.hdr.append_to_reply(immediate.headers)
+            KSR.tm.t_reply(immediate.code, immediate.reason)
+            return
+        KSR.tm.t_reply(100, "Trying")
+        # tm's timer of the suspended transaction must outlast the browser's answer time.
+        timeout_ms = (self.ctx.config.update_timeout + 10) * 1000
+        KSR.tm.t_set_fr(timeout_ms, timeout_ms)
+        if KSR.tmx.t_suspend() < 0:
+            KSR.tm.t_reply(500, "Server Error")
+            return
+        midcall.offer_update(self.ctx, inv, int(KSR.pv.get("$T(id_index)")), int(KSR.pv.get("$T(id_label)")))
 
     def _inbound_invite(self, sip_call_id: str, from_tag: str) -> None:
         if KSR.tm.t_newtran() <= 0:

@@ -62,8 +62,12 @@ def apply_codec_policy(sdp: str, allowed: list[str] | tuple[str, ...]) -> Filter
         if not [c for c in kept if c != DTMF_CODEC]:
             raise NoAllowedCodec(f"none of the offered audio codecs is allowed ({', '.join(allowed)})")
         codecs = codecs or kept
+    return FilteredSdp(sdp=_write(session), codecs=_dedupe(codecs))
+
+
+def _write(session: dict) -> str:
     text = sdp_transform.write(session)
-    return FilteredSdp(sdp=text if text.endswith("\r\n") else text + "\r\n", codecs=_dedupe(codecs))
+    return text if text.endswith("\r\n") else text + "\r\n"
 
 
 def _keep_raw_candidates(sdp: str, session: dict) -> None:
@@ -86,3 +90,42 @@ def _dedupe(names: list[str]) -> list[str]:
         if name not in seen:
             seen.append(name)
     return seen
+
+
+_MIRROR = {"sendonly": "recvonly", "recvonly": "sendonly", "inactive": "inactive", "sendrecv": "sendrecv"}
+
+
+def offered_direction(sdp: str) -> str:
+    """The direction of the first audio m-line (session-level attribute as fallback)."""
+    session = sdp_transform.parse(sdp)
+    for media in session.get("media", []):
+        if media.get("type") == "audio":
+            return media.get("direction") or session.get("direction") or "sendrecv"
+    return session.get("direction") or "sendrecv"
+
+
+def mirror_answer(local_sdp: str, remote_offer: str) -> str:
+    """Our last SDP as the answer to a new offer: each m-line's direction mirrored
+    (sendonly -> recvonly, ...) and the o= version incremented (RFC 3264 8)."""
+    session = sdp_transform.parse(local_sdp)
+    _keep_raw_candidates(local_sdp, session)
+    offer = sdp_transform.parse(remote_offer) if remote_offer else {"media": []}
+    offer_media = offer.get("media", [])
+    for i, media in enumerate(session.get("media", [])):
+        offered = offer_media[i].get("direction") if i < len(offer_media) else None
+        media["direction"] = _MIRROR.get(offered or offer.get("direction") or "sendrecv", "sendrecv")
+    session.pop("direction", None)
+    origin = session.get("origin")
+    if origin:
+        origin["sessionVersion"] = int(origin.get("sessionVersion", 0)) + 1
+    return _write(session)
+
+
+def bump_version(sdp: str) -> str:
+    """The same SDP with the o= version incremented (a re-offer of unchanged media)."""
+    session = sdp_transform.parse(sdp)
+    _keep_raw_candidates(sdp, session)
+    origin = session.get("origin")
+    if origin:
+        origin["sessionVersion"] = int(origin.get("sessionVersion", 0)) + 1
+    return _write(session)

@@ -46,3 +46,11 @@ PCMU_ANSWER = "\r\n".join([
     "v=0", "o=- 1 2 IN IP4 127.0.0.1", "s=-", "t=0 0", "m=audio 9 UDP/TLS/RTP/SAVPF 0 101",
     "c=IN IP4 0.0.0.0", "a=rtpmap:0 PCMU/8000", "a=rtpmap:101 telephone-event/8000", "a=sendrecv", "",
 ])
+
+
+def with_direction(sdp: str, direction: str) -> str:
+    """The same SDP with its a=sendrecv/sendonly/recvonly/inactive line replaced."""
+    for old in ("a=sendrecv", "a=sendonly", "a=recvonly", "a=inactive"):
+        if old in sdp:
+            return sdp.replace(old, f"a={direction}")
+    return sdp.replace("m=audio", f"a={direction}\r\nm=audio", 1)

@@ -941,7 +941,7 @@ def test_hangup_inbound_confirmed_sends_bye(ctx, caller):
     assert h["To"] == "<sip:5002@10.0.0.2>;tag=caller-tag"
     assert h["Call-ID"] == "inbound-1@10.0.0.2"
     assert h["Route"] == "<sip:p1.example.net;lr>, <sip:p2.example.net;lr>"
-    assert h["CSeq"] == "102 BYE"
+    assert h["CSeq"] == "1 BYE"  # our own CSeq space on the inbound leg (RFC 3261 12.2.1.1)
     # its reply: From tag ours, To tag the caller's
     on_reply(ctx, SipReply(200, "OK", "inbound-1@10.0.0.2", 102, "BYE", from_tag="gw-to-tag", to_tag="caller-tag"))
     assert_forgotten(ctx)
