@@ -58,6 +58,7 @@ class CallPayload:
     to: str
     call_id: str
     sdp: str
+    referred_by: str = ""  # the call whose far end asked for this call (REFER), see transfer.py
 
 
 @dataclass(frozen=True)
@@ -82,9 +83,10 @@ def _only(payload: dict, allowed: set[str]) -> None:
 
 
 def parse_call(payload: dict) -> CallPayload:
-    _only(payload, {"to", "callId", "sdp"})
+    _only(payload, {"to", "callId", "sdp", "referredBy"})
+    referred_by = validate_token(payload["referredBy"], "referredBy") if "referredBy" in payload else ""
     return CallPayload(to=validate_dn(payload.get("to"), "to"), call_id=validate_token(payload.get("callId"), "callId"),
-                       sdp=sdp_field(payload))
+                       sdp=sdp_field(payload), referred_by=referred_by)
 
 
 def parse_hangup(payload: dict) -> CallIdPayload:
@@ -148,6 +150,10 @@ class Call:
     dtmf: list = field(default_factory=list)
     dtmf_cseq: int = 0
     dtmf_sent_at: float = 0.0
+    # Transfer (see transfer.py): our REFER, the far end's REFER, the call this one was placed for.
+    refer: dict | None = None
+    refer_in: dict | None = None
+    referred_by: str = ""
 
     @property
     def leg_key(self) -> str:
@@ -164,7 +170,9 @@ class Call:
 
     def forget(self, ctx: Context) -> None:
         ctx.store.delete(CALLS, self.key)
-        ctx.store.delete(CALLS_BY_SIP_ID, self.leg_key)
+        # The leg index may name another tab's record of the same inbound call.
+        if ctx.store.get(CALLS_BY_SIP_ID, self.leg_key) in (None, self.key):
+            ctx.store.delete(CALLS_BY_SIP_ID, self.leg_key)
 
     @property
     def owner(self) -> ConnRef:
@@ -252,13 +260,18 @@ def place_call(ctx: Context, conn: ConnRef, request_id: str | None, req: CallPay
 
 def _place_call(ctx: Context, conn: ConnRef, request_id: str | None, req: CallPayload,
                 reg: registrations.Registration, key: str) -> None:
+    from . import transfer  # builds on this module
+
     dn = reg.dn
     if ctx.store.get(CALLS, key) is not None:
         raise GatewayError(errors.INVALID_STATE, f"callId {req.call_id} is already in use on this connection")
+    referred_by = transfer.check_referred_by(ctx, conn, req.referred_by) if req.referred_by else ""
 
     def fail(code: int, reason: str) -> None:
         ctx.log.info("call refused call=%s to=%s code=%d %s", req.call_id, req.to, code, reason)
         send(ctx, conn, "callFailed", {"callId": req.call_id, "code": code, "reason": failure_reason(code)}, request_id)
+        if referred_by:
+            transfer.referred_call_progress(ctx, referred_by, code, reason)
 
     decision = route(req.to, ctx.config)
     if decision.kind == "refused":
@@ -277,6 +290,7 @@ def _place_call(ctx: Context, conn: ConnRef, request_id: str | None, req: CallPa
         sip_call_id=new_call_id(ctx.config.listen_ip), local_uri=f"sip:{dn}@{domain}", remote_uri=decision.ruri,
         local_tag=new_tag(), peer=req.to, codecs=filtered.codecs, request_id=request_id, created_at=now,
         deadline=now + ctx.config.sip_timeout, nexthop=decision.nexthop, local_sdp=filtered.sdp,
+        referred_by=referred_by,
     )
     call.save(ctx)
     headers = [
@@ -307,6 +321,10 @@ def _route_list(record_route: str) -> list[str]:
 
 
 def on_invite_reply(ctx: Context, call: Call, reply: SipReply) -> None:
+    if call.referred_by and reply.status > 100 and call.state != CANCELLING:
+        from . import transfer
+
+        transfer.referred_call_progress(ctx, call.referred_by, reply.status, reply.reason)
     conn = call.owner
     if reply.status < 200:
         if call.state == CANCELLING:
@@ -391,6 +409,10 @@ def on_reply(ctx: Context, reply: SipReply) -> None:
             midcall.on_reinvite_reply(ctx, call, reply)
         elif reply.method == "INFO":
             midcall.on_info_reply(ctx, call, reply)
+        elif reply.method == "REFER":
+            from . import transfer
+
+            transfer.on_refer_reply(ctx, call, reply)
         elif reply.method == "BYE" and reply.status >= 200 and call.state == ENDING:
             call.forget(ctx)
 
@@ -418,8 +440,7 @@ def _hangup(ctx: Context, conn: ConnRef, request_id: str | None, req: CallIdPayl
         # The `call` request gets its one final reply too.
         send(ctx, conn, "callFailed", {"callId": call.call_id, "code": 487, "reason": "cancelled"}, call.request_id)
     elif call.direction == "inbound" and call.state == RINGING:
-        ctx.sip.reply_suspended(call.t_index, call.t_label, 486, "Busy Here", "", "")
-        call.forget(ctx)
+        _leave_ringing(ctx, call, 486, "Busy Here")
     elif call.state == CONFIRMED:
         _send_bye(ctx, call)
     else:
@@ -450,34 +471,88 @@ def check_inbound(ctx: Context, invite: InboundInvite) -> tuple[int, str] | None
     """The final response to refuse an inbound INVITE with, or None to ring the DN."""
     if ctx.config.embedded and ctx.subscribers is not None and not ctx.subscribers.exists(invite.dn):
         return 404, "Not Found"
-    if registrations.connection_of_dn(ctx, invite.dn) is None:
+    if not registrations.connections_of_dn(ctx, invite.dn):
         return 480, "Temporarily Unavailable"
     return None
 
 
+# An inbound call rings on every tab (WebSocket) of the DN: one Call record per
+# tab ("fork"), all for the same suspended transaction. The list of fork keys is
+# kept under "f|<leg key>" while more than one tab rings.
+
+
+def _forks_key(call: Call) -> str:
+    return "f|" + call.leg_key
+
+
+def forks(ctx: Context, call: Call) -> list[str]:
+    raw = ctx.store.get(CALLS_BY_SIP_ID, _forks_key(call))
+    return list(protocol.decode(raw)) if raw else [call.key]
+
+
+def _set_forks(ctx: Context, call: Call, keys: list[str]) -> None:
+    if len(keys) > 1:
+        ctx.store.put(CALLS_BY_SIP_ID, _forks_key(call), protocol.encode(keys))
+    else:
+        ctx.store.delete(CALLS_BY_SIP_ID, _forks_key(call))
+    if keys:
+        ctx.store.put(CALLS_BY_SIP_ID, call.leg_key, keys[0])
+
+
 def ring_inbound(ctx: Context, invite: InboundInvite, t_index: int, t_label: int, local_tag: str) -> None:
-    """The INVITE is suspended and 180 sent: record the call and alert the browser."""
-    conn = registrations.connection_of_dn(ctx, invite.dn)
-    if conn is None:
+    """The INVITE is suspended and 180 sent: record the call and alert every tab of the DN."""
+    conns = registrations.connections_of_dn(ctx, invite.dn)
+    if not conns:
         ctx.sip.reply_suspended(t_index, t_label, 480, "Temporarily Unavailable", "", "")
         return
     now = ctx.clock()
     call_id = "in-" + new_tag()
-    call = Call(
-        key=call_key(conn, call_id), call_id=call_id, conn=conn.key, dn=invite.dn, direction="inbound", state=RINGING,
-        sip_call_id=invite.sip_call_id, local_uri=invite.to_uri, remote_uri=invite.from_uri, local_tag=local_tag,
-        remote_tag=invite.from_tag, remote_target=_contact_uri(invite.contact) or invite.from_uri,
-        route_set=_route_list(invite.record_route), invite_cseq=invite.cseq, local_cseq=0, peer=invite.from_user,
-        created_at=now, deadline=now + ctx.config.ring_timeout, t_index=t_index, t_label=t_label,
-    )
-    call.save(ctx)
-    ctx.log.info("call in call=%s sip_call_id=%s to=%s from=%s", call_id, invite.sip_call_id, invite.dn, invite.from_user)
-    if not ctx.send(conn, protocol.message(
-            "incomingCall", {"callId": call_id, "from": invite.from_user, "displayName": invite.display_name,
-                             "sdp": invite.sdp})):
-        # The browser cannot be alerted (gone, or the frame is too large): do not ring into the void.
-        ctx.sip.reply_suspended(t_index, t_label, 480, "Temporarily Unavailable", "", "")
+    tabs = []
+    for conn in conns:
+        call = Call(
+            key=call_key(conn, call_id), call_id=call_id, conn=conn.key, dn=invite.dn, direction="inbound",
+            state=RINGING, sip_call_id=invite.sip_call_id, local_uri=invite.to_uri, remote_uri=invite.from_uri,
+            local_tag=local_tag, remote_tag=invite.from_tag,
+            remote_target=_contact_uri(invite.contact) or invite.from_uri, route_set=_route_list(invite.record_route),
+            invite_cseq=invite.cseq, local_cseq=0, peer=invite.from_user, created_at=now,
+            deadline=now + ctx.config.ring_timeout, t_index=t_index, t_label=t_label,
+        )
+        call.save(ctx)
+        tabs.append(call)
+    with ctx.store.lock(CALLS_BY_SIP_ID, _forks_key(tabs[0])):
+        _set_forks(ctx, tabs[0], [c.key for c in tabs])
+    ctx.log.info("call in call=%s sip_call_id=%s to=%s from=%s tabs=%d", call_id, invite.sip_call_id, invite.dn,
+                 invite.from_user, len(tabs))
+    incoming = {"callId": call_id, "from": invite.from_user, "displayName": invite.display_name, "sdp": invite.sdp}
+    for call in tabs:
+        if not ctx.send(call.owner, protocol.message("incomingCall", incoming)):
+            # This tab cannot be alerted (gone, or the frame is too large): do not ring into the void.
+            with locked(ctx, call.key) as fork:
+                if fork is not None:
+                    _leave_ringing(ctx, fork, 480, "Temporarily Unavailable")
+
+
+def _leave_ringing(ctx: Context, call: Call, code: int, reason: str) -> None:
+    """One tab stops ringing; the SIP side gets `code` only when it was the last one."""
+    with ctx.store.lock(CALLS_BY_SIP_ID, _forks_key(call)):
+        remaining = [k for k in forks(ctx, call) if k != call.key]
         call.forget(ctx)
+        _set_forks(ctx, call, remaining)
+    if not remaining:
+        ctx.sip.reply_suspended(call.t_index, call.t_label, code, reason, "", "")
+
+
+def _end_all_forks(ctx: Context, call: Call, msg_type: str, payload_extra: dict) -> None:
+    """The ringing stops for every tab (caller CANCEL, ring timeout): tell each, forget all."""
+    with ctx.store.lock(CALLS_BY_SIP_ID, _forks_key(call)):
+        keys = forks(ctx, call)
+        for key in keys:
+            fork = call if key == call.key else Call.load(ctx, key)
+            if fork is not None:
+                fork.forget(ctx)
+                send(ctx, fork.owner, msg_type, {"callId": fork.call_id, **payload_extra})
+        ctx.store.delete(CALLS_BY_SIP_ID, _forks_key(call))
+        ctx.store.delete(CALLS_BY_SIP_ID, call.leg_key)
 
 
 def answer(ctx: Context, conn: ConnRef, request_id: str | None, req: CallIdPayload) -> None:
@@ -498,7 +573,14 @@ def _answer(ctx: Context, conn: ConnRef, request_id: str | None, req: CallIdPayl
                                         filtered.sdp)
     if local_tag is None:
         call.forget(ctx)
-        raise GatewayError(errors.NO_SUCH_CALL, f"call {req.call_id} was cancelled by the caller")
+        raise GatewayError(errors.NO_SUCH_CALL, f"call {req.call_id} was cancelled, or answered in another tab")
+    with ctx.store.lock(CALLS_BY_SIP_ID, _forks_key(call)):
+        for key in forks(ctx, call):
+            other = Call.load(ctx, key) if key != call.key else None
+            if other is not None:
+                ctx.store.delete(CALLS, key)
+                send(ctx, other.owner, "answeredElsewhere", {"callId": other.call_id})
+        _set_forks(ctx, call, [call.key])
     call.local_tag = local_tag or call.local_tag
     call.state = CONFIRMED
     call.codecs = filtered.codecs
@@ -518,8 +600,8 @@ def _reject(ctx: Context, conn: ConnRef, request_id: str | None, req: CallIdPayl
     if call.direction != "inbound" or call.state != RINGING:
         raise GatewayError(errors.INVALID_STATE, f"call {req.call_id} is not ringing")
     reasons = {486: "Busy Here", 603: "Decline", 480: "Temporarily Unavailable"}
-    ctx.sip.reply_suspended(call.t_index, call.t_label, req.code, reasons[req.code], "", "")
-    call.forget(ctx)
+    # With other tabs still ringing, only this tab stops.
+    _leave_ringing(ctx, call, req.code, reasons[req.code])
     send(ctx, conn, "callEnded", {"callId": call.call_id, "by": "local", "reason": "rejected"}, request_id)
 
 
@@ -547,9 +629,8 @@ def on_remote_cancel(ctx: Context, sip_call_id: str, from_tag: str) -> None:
 def _on_remote_cancel(ctx: Context, call: Call | None) -> None:
     if call is None or call.direction != "inbound" or call.state != RINGING:
         return
-    call.forget(ctx)
     ctx.log.info("call cancelled by caller call=%s", call.call_id)
-    send(ctx, call.owner, "callCancelled", {"callId": call.call_id})
+    _end_all_forks(ctx, call, "callCancelled", {})
 
 
 # ---- housekeeping ----
@@ -567,8 +648,7 @@ def connection_closed(ctx: Context, conn: ConnRef) -> None:
             if call.direction == "outbound" and call.state in (CALLING, RINGING):
                 _cancel(ctx, call)
             elif call.direction == "inbound" and call.state == RINGING:
-                ctx.sip.reply_suspended(call.t_index, call.t_label, 480, "Temporarily Unavailable", "", "")
-                call.forget(ctx)
+                _leave_ringing(ctx, call, 480, "Temporarily Unavailable")
             elif call.state == CONFIRMED:
                 _send_bye(ctx, call)
             # CANCELLING / ENDING records wait for their reply or tick's deadline.
@@ -585,6 +665,10 @@ def tick(ctx: Context) -> None:
                 continue
             if call.state == CONFIRMED:
                 midcall.tick_call(ctx, call, now)
+                if call.refer and not call.refer["accepted"] and now - call.refer["sent_at"] > ctx.config.sip_timeout:
+                    from . import transfer
+
+                    transfer.refer_timed_out(ctx, call)
             elif call.deadline and now >= call.deadline:
                 _expire(ctx, call)
 
@@ -598,8 +682,7 @@ def _expire(ctx: Context, call: Call) -> None:
         send(ctx, conn, "callFailed", {"callId": call.call_id, "code": 408, "reason": reason}, call.request_id)
     elif call.direction == "inbound" and call.state == RINGING:
         ctx.sip.reply_suspended(call.t_index, call.t_label, 480, "Temporarily Unavailable", "", "")
-        call.forget(ctx)
         ctx.log.info("call ring timeout call=%s", call.call_id)
-        send(ctx, conn, "callCancelled", {"callId": call.call_id, "reason": "no_answer"})
+        _end_all_forks(ctx, call, "callCancelled", {"reason": "no_answer"})
     elif call.state in (CANCELLING, ENDING):
         call.forget(ctx)

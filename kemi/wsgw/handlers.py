@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from . import calls, errors, midcall, protocol, registrations
+from . import calls, errors, midcall, protocol, registrations, transfer
 from .connections import ConnRef
 from .context import Context
 from .errors import GatewayError
@@ -62,6 +62,10 @@ def handle_dtmf(ctx: Context, conn: ConnRef, frame: Frame) -> None:
     midcall.dtmf(ctx, conn, frame.id, frame.payload)
 
 
+def handle_transfer(ctx: Context, conn: ConnRef, frame: Frame) -> None:
+    transfer.transfer(ctx, conn, frame.id, frame.payload)
+
+
 HANDLERS: dict[str, Handler] = {
     "register": handle_register,
     "unregister": handle_unregister,
@@ -74,6 +78,7 @@ HANDLERS: dict[str, Handler] = {
     "resume": handle_resume,
     "updateAnswer": handle_update_answer,
     "dtmf": handle_dtmf,
+    "transfer": handle_transfer,
 }
 
 

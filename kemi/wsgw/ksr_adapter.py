@@ -14,7 +14,7 @@ from typing import Iterator
 
 import KSR  # type: ignore[import-not-found]
 
-from . import calls, handlers, health, midcall, protocol, registrations, ws_send
+from . import calls, handlers, health, midcall, protocol, registrations, transfer, ws_send
 from .config import GatewayConfig
 from .connections import ConnRef
 from .context import Context
@@ -86,7 +86,8 @@ class WsOutbox:
         return ok
 
 
-_REASONS = {200: "OK", 415: "Unsupported Media Type", 481: "Call/Transaction Does Not Exist"}
+_REASONS = {200: "OK", 202: "Accepted", 400: "Bad Request", 415: "Unsupported Media Type",
+            481: "Call/Transaction Does Not Exist", 489: "Bad Event", 491: "Request Pending"}
 
 # Data for the t_continue callback, which runs synchronously in this process
 # (see TmSipPort.reply_suspended and Gateway.on_inbound_continue).
@@ -229,6 +230,16 @@ class Gateway:
                 KSR.sl.sl_send_reply(code, _REASONS[code])
             elif method == "INVITE":
                 self._reinvite(midcall.Reinvite(sip_call_id, from_tag, to_tag, str(KSR.pv.get("$rb") or "")))
+            elif method == "REFER":
+                code = transfer.on_remote_refer(self.ctx, sip_call_id, from_tag, to_tag,
+                                                str(KSR.pv.get("$hdr(Refer-To)") or ""))
+                KSR.sl.sl_send_reply(code, _REASONS[code])
+                if code == 202:
+                    transfer.notify_refer_accepted(self.ctx, sip_call_id, from_tag, to_tag)
+            elif method == "NOTIFY":
+                code = transfer.on_remote_notify(self.ctx, sip_call_id, from_tag, to_tag,
+                                                 str(KSR.pv.get("$hdr(Event)") or ""), str(KSR.pv.get("$rb") or ""))
+                KSR.sl.sl_send_reply(code, _REASONS[code])
             elif method == "INFO":
                 code = midcall.on_remote_info(self.ctx, sip_call_id, from_tag, to_tag,
                                               str(KSR.pv.get("$hdr(Content-Type)") or ""), str(KSR.pv.get("$rb") or ""))

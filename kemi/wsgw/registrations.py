@@ -13,7 +13,8 @@ event) sees it.
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass
+import hmac
+from dataclasses import asdict, dataclass, field
 
 from . import PROTOCOL_VERSION, SERVER_NAME, errors
 from . import protocol
@@ -57,6 +58,11 @@ class Registration:
     qop: str | None = None
     nc: int = 0
     auth_header: str = ""  # "Authorization" or "Proxy-Authorization"
+    # Further WebSockets (browser tabs) of the same agent sharing this registration.
+    tabs: list[str] = field(default_factory=list)
+
+    def all_conns(self) -> list[str]:
+        return [self.conn] + self.tabs
 
     @classmethod
     def load(cls, ctx: Context, dn: str) -> "Registration | None":
@@ -78,11 +84,17 @@ def dn_of_connection(ctx: Context, conn: ConnRef) -> str | None:
 
 
 def connection_of_dn(ctx: Context, dn: str) -> ConnRef | None:
-    """The WebSocket a DN is registered on, or None (used to deliver inbound calls)."""
+    """The first WebSocket a DN is registered on, or None."""
+    conns = connections_of_dn(ctx, dn)
+    return conns[0] if conns else None
+
+
+def connections_of_dn(ctx: Context, dn: str) -> list[ConnRef]:
+    """Every WebSocket (tab) a DN is registered on; inbound calls ring on all of them."""
     reg = Registration.load(ctx, dn)
     if reg is None or reg.state != REGISTERED:
-        return None
-    return ConnRef.from_key(reg.conn)
+        return []
+    return [ConnRef.from_key(key) for key in reg.all_conns()]
 
 
 # ---- client requests ----
@@ -95,9 +107,10 @@ def register(ctx: Context, conn: ConnRef, request_id: str | None, req: RegisterP
     with ctx.store.lock(REG, req.dn):
         existing = Registration.load(ctx, req.dn)
         if existing is not None:
-            holder = get_json(ctx.store, CONN, existing.conn)
-            if holder is not None and holder.get("dn") == req.dn:
-                raise GatewayError(errors.ALREADY_REGISTERED, f"{req.dn} is registered on another connection")
+            live = [key for key in existing.all_conns() if (get_json(ctx.store, CONN, key) or {}).get("dn") == req.dn]
+            if live:
+                _join(ctx, conn, request_id, req, existing)
+                return
             # A binding being released (Expires: 0 in flight) or left by a dead connection:
             # replace it, and drop its REGISTER Call-ID so late replies are ignored.
             if existing.call_id:
@@ -106,6 +119,23 @@ def register(ctx: Context, conn: ConnRef, request_id: str | None, req: RegisterP
             _register_embedded(ctx, conn, request_id, req)
         else:
             _register_upstream(ctx, conn, request_id, req)
+
+
+def _join(ctx: Context, conn: ConnRef, request_id: str | None, req: RegisterPayload, reg: Registration) -> None:
+    """Another tab of an agent already registered: same credentials, same registration."""
+    if reg.state != REGISTERED:
+        raise GatewayError(errors.ALREADY_REGISTERED, f"{req.dn} is being registered on another connection; retry")
+    if reg.mode == "embedded":
+        ok = ctx.subscribers is not None and ctx.subscribers.check(req.dn, req.password)
+    else:
+        ok = hmac.compare_digest(reg.password.encode(), req.password.encode())
+    if not ok:
+        raise GatewayError(errors.AUTH_FAILED, "wrong DN or password")
+    reg.tabs.append(conn.key)
+    reg.save(ctx)
+    put_json(ctx.store, CONN, conn.key, {"dn": req.dn, "since": ctx.clock()})
+    ctx.log.info("registered dn=%s conn=%s tabs=%d", req.dn, conn.key, len(reg.all_conns()))
+    ctx.send(conn, registered_message(reg, request_id))
 
 
 def _register_embedded(ctx: Context, conn: ConnRef, request_id: str | None, req: RegisterPayload) -> None:
@@ -175,7 +205,16 @@ def release(ctx: Context, conn: ConnRef, dn: str) -> None:
     ctx.store.delete(CONN, conn.key)
     with ctx.store.lock(REG, dn):
         reg = Registration.load(ctx, dn)
-        if reg is None or reg.conn != conn.key:
+        if reg is None or conn.key not in reg.all_conns():
+            return
+        if reg.tabs:
+            # Other tabs stay registered: only this one leaves.
+            if conn.key == reg.conn:
+                reg.conn = reg.tabs.pop(0)
+            else:
+                reg.tabs.remove(conn.key)
+            reg.save(ctx)
+            ctx.log.info("unregistered dn=%s conn=%s tabs=%d", dn, conn.key, len(reg.all_conns()))
             return
         if reg.mode == "upstream" and reg.state in (REGISTERED, PENDING):
             if reg.state == PENDING:

@@ -100,3 +100,33 @@ def test_inbound_local_bye_follows_the_route_set(embedded_gateway, client_factor
         assert agent.request("answer", {"callId": call_id, "sdp": PCMU_ANSWER})["type"] == "callAccepted"
         assert agent.request("hangup", {"callId": call_id})["type"] == "callEnded"
         assert sipp.wait(15) == 0, sipp.describe()
+
+
+def test_inbound_call_rings_every_tab_and_the_first_answer_wins(embedded_gateway, client_factory, tmp_path):
+    tab1, tab2, tab3 = (client_factory(embedded_gateway) for _ in range(3))
+    for tab in (tab1, tab2, tab3):
+        assert tab.register("5009", PASSWORDS["5009"])["type"] == "registered"
+    with caller(tmp_path, embedded_gateway, "uac_call_remote_bye.xml", "5009") as sipp:
+        call_id = tab1.wait_for("incomingCall")["payload"]["callId"]
+        assert tab2.wait_for("incomingCall")["payload"]["callId"] == call_id
+        assert tab3.wait_for("incomingCall")["payload"]["callId"] == call_id
+        # A reject in one tab does not reject the call while others ring.
+        assert tab3.request("reject", {"callId": call_id})["type"] == "callEnded"
+        assert tab2.request("answer", {"callId": call_id, "sdp": PCMU_ANSWER})["type"] == "callAccepted"
+        assert tab1.wait_for("answeredElsewhere")["payload"] == {"callId": call_id}
+        assert tab1.request("answer", {"callId": call_id, "sdp": PCMU_ANSWER})["payload"]["code"] == "no_such_call"
+        assert tab2.wait_for("callEnded", callId=call_id)["payload"]["by"] == "remote"
+        assert sipp.wait(15) == 0, sipp.describe()
+    tab3.assert_no_message(0.3, "answeredElsewhere")
+
+
+def test_caller_cancel_stops_every_tab(embedded_gateway, client_factory, tmp_path):
+    tab1, tab2 = client_factory(embedded_gateway), client_factory(embedded_gateway)
+    for tab in (tab1, tab2):
+        assert tab.register("5010", PASSWORDS["5010"])["type"] == "registered"
+    with caller(tmp_path, embedded_gateway, "uac_call_cancel.xml", "5010") as sipp:
+        call_id = tab1.wait_for("incomingCall")["payload"]["callId"]
+        tab2.wait_for("incomingCall")
+        tab1.wait_for("callCancelled", callId=call_id)
+        tab2.wait_for("callCancelled", callId=call_id)
+        assert sipp.wait(15) == 0, sipp.describe()

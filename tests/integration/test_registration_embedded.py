@@ -39,11 +39,13 @@ def test_unknown_dn_is_refused(embedded_gateway, client_factory):
     assert client.register("7777", "whatever")["payload"]["code"] == "auth_failed"
 
 
-def test_dn_registered_on_another_connection(embedded_gateway, client_factory):
+def test_a_second_tab_joins_the_registration(embedded_gateway, client_factory):
     first = client_factory(embedded_gateway)
     second = client_factory(embedded_gateway)
     assert first.register("5003", PASSWORDS["5003"])["type"] == "registered"
-    assert second.register("5003", PASSWORDS["5003"])["payload"]["code"] == "already_registered"
+    assert second.register("5003", "wrong")["payload"]["code"] == "auth_failed"
+    assert second.register("5003", PASSWORDS["5003"])["type"] == "registered"
+    # One DN per connection.
     assert first.register("5004", PASSWORDS["5004"])["payload"]["code"] == "already_registered"
 
 

@@ -20,6 +20,7 @@ from wsgw.registrations import (
     Registration,
     connection_closed,
     connection_of_dn,
+    connections_of_dn,
     dn_of_connection,
     failure_code,
     granted_expires,
@@ -160,15 +161,29 @@ def test_embedded_already_registered_on_same_connection(ectx, conn):
     assert Registration.load(ectx, "5002") is None
 
 
-def test_embedded_dn_held_by_another_live_connection(ectx, conn, conn2):
+def test_embedded_second_tab_of_the_same_dn_joins(ectx, conn, conn2):
+    register(ectx, conn, "r1", RegisterPayload("5001", "secret5001"))
+    register(ectx, conn2, "r2", RegisterPayload("5001", "secret5001"))
+    assert ectx.outbox.sent[-1] == (conn2, registered_msg("5001", 600, "r2"))
+    assert connections_of_dn(ectx, "5001") == [conn, conn2]
+    assert dn_of_connection(ectx, conn2) == "5001"
+
+
+def test_embedded_second_tab_needs_the_password(ectx, conn, conn2):
     register(ectx, conn, "r1", RegisterPayload("5001", "secret5001"))
     with pytest.raises(GatewayError) as info:
-        register(ectx, conn2, "r2", RegisterPayload("5001", "secret5001"))
-    assert info.value.code == errors.ALREADY_REGISTERED
-    assert info.value.reason == "5001 is registered on another connection"
-    assert connection_of_dn(ectx, "5001") == conn
-    assert dn_of_connection(ectx, conn2) is None
-    assert len(ectx.outbox.sent) == 1
+        register(ectx, conn2, "r2", RegisterPayload("5001", "wrong"))
+    assert info.value.code == errors.AUTH_FAILED
+    assert connections_of_dn(ectx, "5001") == [conn]
+
+
+def test_a_tab_leaving_keeps_the_others_registered(ectx, conn, conn2):
+    register(ectx, conn, "r1", RegisterPayload("5001", "secret5001"))
+    register(ectx, conn2, "r2", RegisterPayload("5001", "secret5001"))
+    connection_closed(ectx, conn)
+    assert connections_of_dn(ectx, "5001") == [conn2]
+    connection_closed(ectx, conn2)
+    assert connections_of_dn(ectx, "5001") == []
 
 
 def test_embedded_other_dn_on_other_connection_is_fine(ectx, conn, conn2):
