@@ -29,6 +29,7 @@ from .sdp_policy import NoAllowedCodec, apply_codec_policy
 from .sip_headers import header_block, name_addr, new_call_id, new_tag, validate_dn, validate_token
 from .sip_port import OutgoingRequest, SipReply
 from .store import CALLS, CALLS_BY_SIP_ID, get_json, put_json
+from . import session_timer
 
 # States
 CALLING = "calling"  # INVITE sent, nothing heard yet
@@ -154,6 +155,13 @@ class Call:
     refer: dict | None = None
     refer_in: dict | None = None
     referred_by: str = ""
+    # Session timer (session_timer.py): interval, who refreshes ("local"/"remote"),
+    # and when the next refresh is due (local) or the session expires (remote).
+    se_interval: int = 0
+    se_refresher: str = ""
+    se_due: float = 0.0
+    display_name: str = ""
+    retried_422: bool = False
 
     @property
     def leg_key(self) -> str:
@@ -290,22 +298,32 @@ def _place_call(ctx: Context, conn: ConnRef, request_id: str | None, req: CallPa
         sip_call_id=new_call_id(ctx.config.listen_ip), local_uri=f"sip:{dn}@{domain}", remote_uri=decision.ruri,
         local_tag=new_tag(), peer=req.to, codecs=filtered.codecs, request_id=request_id, created_at=now,
         deadline=now + ctx.config.sip_timeout, nexthop=decision.nexthop, local_sdp=filtered.sdp,
-        referred_by=referred_by,
+        referred_by=referred_by, display_name=reg.display_name,
     )
+    ctx.log.info("call out call=%s sip_call_id=%s from=%s to=%s route=%s", call.call_id, call.sip_call_id, dn, req.to, decision.kind)
+    if not _send_invite(ctx, call, ctx.config.session_expires, ctx.config.min_se):
+        call.forget(ctx)
+        fail(503, "INVITE could not be sent")
+
+
+def _send_invite(ctx: Context, call: Call, session_expires: int, min_se: int) -> bool:
+    """The initial INVITE (or its retry after a 422, with the next CSeq). Saves the call."""
+    call.invite_cseq = call.local_cseq
     call.save(ctx)
     headers = [
-        ("From", name_addr(call.local_uri, reg.display_name, call.local_tag)),
+        ("From", name_addr(call.local_uri, call.display_name, call.local_tag)),
         ("To", name_addr(call.remote_uri)),
         ("Call-ID", call.sip_call_id),
         ("CSeq", f"{call.invite_cseq} INVITE"),
-        ("Contact", contact(ctx, dn)),
+        ("Contact", contact(ctx, call.dn)),
         ("Max-Forwards", "70"),
+        ("Supported", "timer"),
+        ("Session-Expires", str(session_expires)),
+        ("Min-SE", str(min_se)),
         ("Content-Type", "application/sdp"),
     ]
-    ctx.log.info("call out call=%s sip_call_id=%s from=%s to=%s route=%s", call.call_id, call.sip_call_id, dn, req.to, decision.kind)
-    if not ctx.sip.send_request(OutgoingRequest("INVITE", decision.ruri, header_block(headers), filtered.sdp, decision.nexthop)):
-        call.forget(ctx)
-        fail(503, "INVITE could not be sent")
+    return ctx.sip.send_request(OutgoingRequest("INVITE", call.remote_uri, header_block(headers), call.local_sdp,
+                                                call.nexthop))
 
 
 _URI_IN_BRACKETS = re.compile(r"<([^>]+)>")
@@ -353,18 +371,46 @@ def on_invite_reply(ctx: Context, call: Call, reply: SipReply) -> None:
         call.state = CONFIRMED
         call.answered_at = ctx.clock()
         call.remote_sdp = reply.body
+        _start_session_timer(ctx, call, reply.header("session-expires"), we_are="uac")
         request_id, call.request_id = call.request_id, None
         call.save(ctx)
         ctx.log.info("call answered call=%s sip_call_id=%s", call.call_id, call.sip_call_id)
         send(ctx, conn, "callAccepted", {"callId": call.call_id, "sdp": reply.body, "codecs": call.codecs}, request_id)
         return
     # final failure
+    if reply.status == 422 and not call.retried_422 and call.state != CANCELLING:
+        # RFC 4028 6: retry once with the interval the far end requires.
+        min_se = max(session_timer.parse_min_se(reply.header("min-se")) or 0, ctx.config.min_se)
+        call.retried_422 = True
+        call.local_cseq += 1
+        ctx.log.info("call 422 call=%s retry with Session-Expires %d", call.call_id, min_se)
+        if _send_invite(ctx, call, max(min_se, ctx.config.session_expires), min_se):
+            return
     call.forget(ctx)
     if call.state == CANCELLING:
         return  # the browser already got callEnded
     ctx.log.info("call failed call=%s code=%d", call.call_id, reply.status)
     send(ctx, conn, "callFailed", {"callId": call.call_id, "code": reply.status, "reason": failure_reason(reply.status)},
           call.request_id)
+
+
+def _start_session_timer(ctx: Context, call: Call, header: str | None, we_are: str) -> None:
+    se = session_timer.parse_session_expires(header)
+    if se is None:
+        call.se_interval = 0
+        return
+    call.se_interval = se.interval
+    call.se_refresher = "local" if se.refresher == we_are else "remote"
+    restart_session_timer(ctx, call)
+
+
+def restart_session_timer(ctx: Context, call: Call) -> None:
+    """A refresh happened (either side): the next one is due from now."""
+    if not call.se_interval:
+        return
+    now = ctx.clock()
+    call.se_due = (session_timer.refresh_at(now, call.se_interval) if call.se_refresher == "local"
+                   else session_timer.expiry_at(now, call.se_interval))
 
 
 def send_in_dialog(ctx: Context, call: Call, method: str, extra: list[tuple[str, str]] | None = None,
@@ -465,6 +511,8 @@ class InboundInvite:
     record_route: str
     cseq: int
     sdp: str
+    session_expires: str = ""  # the Session-Expires header, if any
+    supported: str = ""  # the Supported header
 
 
 def check_inbound(ctx: Context, invite: InboundInvite) -> tuple[int, str] | None:
@@ -473,6 +521,9 @@ def check_inbound(ctx: Context, invite: InboundInvite) -> tuple[int, str] | None
         return 404, "Not Found"
     if not registrations.connections_of_dn(ctx, invite.dn):
         return 480, "Temporarily Unavailable"
+    se = session_timer.parse_session_expires(invite.session_expires)
+    if se is not None and se.interval < ctx.config.min_se:
+        return 422, "Session Interval Too Small"  # the adapter adds Min-SE
     return None
 
 
@@ -523,6 +574,11 @@ def ring_inbound(ctx: Context, invite: InboundInvite, t_index: int, t_label: int
         _set_forks(ctx, tabs[0], [c.key for c in tabs])
     ctx.log.info("call in call=%s sip_call_id=%s to=%s from=%s tabs=%d", call_id, invite.sip_call_id, invite.dn,
                  invite.from_user, len(tabs))
+    se = session_timer.parse_session_expires(invite.session_expires)
+    if se is not None and session_timer.supports_timer(invite.supported):
+        for call in tabs:  # the caller refreshes (refresher=uac); armed when answered
+            call.se_interval, call.se_refresher = se.interval, "remote"
+            call.save(ctx)
     incoming = {"callId": call_id, "from": invite.from_user, "displayName": invite.display_name, "sdp": invite.sdp}
     for call in tabs:
         if not ctx.send(call.owner, protocol.message("incomingCall", incoming)):
@@ -569,8 +625,10 @@ def _answer(ctx: Context, conn: ConnRef, request_id: str | None, req: CallIdPayl
         raise GatewayError(errors.INVALID_PAYLOAD, str(exc)) from None
     except Exception:
         raise GatewayError(errors.INVALID_PAYLOAD, "sdp could not be parsed") from None
-    local_tag = ctx.sip.reply_suspended(call.t_index, call.t_label, 200, "OK", f"Contact: {contact(ctx, call.dn)}\r\n",
-                                        filtered.sdp)
+    headers = f"Contact: {contact(ctx, call.dn)}\r\n"
+    if call.se_interval:
+        headers += f"Session-Expires: {call.se_interval};refresher=uac\r\nRequire: timer\r\n"
+    local_tag = ctx.sip.reply_suspended(call.t_index, call.t_label, 200, "OK", headers, filtered.sdp)
     if local_tag is None:
         call.forget(ctx)
         raise GatewayError(errors.NO_SUCH_CALL, f"call {req.call_id} was cancelled, or answered in another tab")
@@ -586,6 +644,7 @@ def _answer(ctx: Context, conn: ConnRef, request_id: str | None, req: CallIdPayl
     call.codecs = filtered.codecs
     call.local_sdp = filtered.sdp
     call.answered_at = ctx.clock()
+    restart_session_timer(ctx, call)
     call.save(ctx)
     ctx.log.info("call answered call=%s sip_call_id=%s", call.call_id, call.sip_call_id)
     send(ctx, conn, "callAccepted", {"callId": call.call_id, "sdp": filtered.sdp, "codecs": filtered.codecs}, request_id)
@@ -665,6 +724,8 @@ def tick(ctx: Context) -> None:
                 continue
             if call.state == CONFIRMED:
                 midcall.tick_call(ctx, call, now)
+                if call.state == CONFIRMED and call.se_interval and call.se_due and now >= call.se_due:
+                    midcall.session_timer_due(ctx, call)
                 if call.refer and not call.refer["accepted"] and now - call.refer["sent_at"] > ctx.config.sip_timeout:
                     from . import transfer
 

@@ -35,6 +35,9 @@ class GatewayConfig:
     sip_timeout: int = 8
     # Seconds the browser has to answer an updateOffer (a re-INVITE from the far end).
     update_timeout: int = 5
+    # Session timers (RFC 4028): the interval we ask for and the smallest we accept.
+    session_expires: int = 1800
+    min_se: int = 90
     extra: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -69,4 +72,6 @@ class GatewayConfig:
             ring_timeout=_int(env, "GW_RING_TIMEOUT", 60),
             sip_timeout=_int(env, "GW_SIP_TIMEOUT", 8),
             update_timeout=_int(env, "GW_UPDATE_TIMEOUT", 5),
+            session_expires=_int(env, "GW_SESSION_EXPIRES", 1800),
+            min_se=_int(env, "GW_MIN_SE", 90),
         )

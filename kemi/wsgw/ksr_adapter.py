@@ -24,7 +24,8 @@ from .subscribers import load_subscribers
 _SIP_FIRST_LINE = re.compile(r"^(?:[A-Z]+ \S+ SIP/2\.0|SIP/2\.0 \d{3} )")
 _PROTO_BY_NAME = {"ws": ws_send.PROTO_WS, "wss": ws_send.PROTO_WSS}
 # Reply headers the core may look at.
-_REPLY_HEADERS = ("WWW-Authenticate", "Proxy-Authenticate", "Expires", "Contact", "Record-Route", "To")
+_REPLY_HEADERS = ("WWW-Authenticate", "Proxy-Authenticate", "Expires", "Contact", "Record-Route", "To",
+                  "Session-Expires", "Min-SE")
 
 
 class KsrLogHandler(logging.Handler):
@@ -240,6 +241,9 @@ class Gateway:
                 code = transfer.on_remote_notify(self.ctx, sip_call_id, from_tag, to_tag,
                                                  str(KSR.pv.get("$hdr(Event)") or ""), str(KSR.pv.get("$rb") or ""))
                 KSR.sl.sl_send_reply(code, _REASONS[code])
+            elif method == "UPDATE":
+                self._reply_now(midcall.on_remote_update(self.ctx, sip_call_id, from_tag, to_tag,
+                                                         bool(KSR.pv.get("$rb"))), stateless=True)
             elif method == "INFO":
                 code = midcall.on_remote_info(self.ctx, sip_call_id, from_tag, to_tag,
                                               str(KSR.pv.get("$hdr(Content-Type)") or ""), str(KSR.pv.get("$rb") or ""))
@@ -258,11 +262,7 @@ class Gateway:
             return  # a retransmission: tm resent the last reply
         immediate = midcall.check_reinvite(self.ctx, inv)
         if immediate is not None:
-            if immediate.body:
-                KSR.textops.set_reply_body(immediate.body, "application/sdp")
-            if immediate.headers:
-                KSR.hdr.append_to_reply(immediate.headers)
-            KSR.tm.t_reply(immediate.code, immediate.reason)
+            self._reply_now(immediate)
             return
         KSR.tm.t_reply(100, "Trying")
         # tm's timer of the suspended transaction must outlast the browser's answer time.
@@ -272,6 +272,16 @@ class Gateway:
             KSR.tm.t_reply(500, "Server Error")
             return
         midcall.offer_update(self.ctx, inv, int(KSR.pv.get("$T(id_index)")), int(KSR.pv.get("$T(id_label)")))
+
+    def _reply_now(self, reply: "midcall.ImmediateReply", stateless: bool = False) -> None:
+        if reply.body:
+            KSR.textops.set_reply_body(reply.body, "application/sdp")
+        if reply.headers:
+            KSR.hdr.append_to_reply(reply.headers)
+        if stateless:
+            KSR.sl.sl_send_reply(reply.code, reply.reason)
+        else:
+            KSR.tm.t_reply(reply.code, reply.reason)
 
     def _inbound_invite(self, sip_call_id: str, from_tag: str) -> None:
         if KSR.tm.t_newtran() <= 0:
@@ -288,9 +298,13 @@ class Gateway:
             record_route=str(KSR.pv.get("$(hdr(Record-Route)[*])") or ""),
             cseq=int(str(KSR.pv.get("$hdr(CSeq)") or "1").split()[0]),
             sdp=str(KSR.pv.get("$rb") or ""),
+            session_expires=str(KSR.pv.get("$hdr(Session-Expires)") or ""),
+            supported=str(KSR.pv.get("$(hdr(Supported)[*])") or ""),
         )
         refusal = calls.check_inbound(self.ctx, invite)
         if refusal is not None:
+            if refusal[0] == 422:
+                KSR.hdr.append_to_reply(f"Min-SE: {self.ctx.config.min_se}\r\n")
             KSR.tm.t_reply(refusal[0], refusal[1])
             return
         KSR.tm.t_reply(100, "Trying")

@@ -15,7 +15,8 @@ import re
 from dataclasses import dataclass
 
 from . import errors, protocol
-from .calls import CONFIRMED, Call, contact, key_for_request, locked, own_call, sdp_field, send, send_in_dialog
+from .calls import (CONFIRMED, Call, _send_bye, contact, key_for_request, locked, own_call, restart_session_timer,
+                    sdp_field, send, send_in_dialog)
 from .connections import ConnRef
 from .context import Context
 from .errors import GatewayError
@@ -113,7 +114,11 @@ def _send_reinvite(ctx: Context, call: Call) -> None:
     pending["sent_at"], pending["retry_at"] = ctx.clock(), 0.0
     ctx.log.info("reinvite out call=%s op=%s attempt=%d", call.call_id, pending["op"], pending["attempts"] + 1)
     pending["cseq"] = call.local_cseq + 1  # what send_in_dialog will use (it saves the call)
-    send_in_dialog(ctx, call, "INVITE", [("Contact", contact(ctx, call.dn))], pending["sdp"], "application/sdp")
+    extra = [("Contact", contact(ctx, call.dn))]
+    if call.se_interval:
+        refresher = "uac" if call.se_refresher == "local" else "uas"
+        extra += [("Supported", "timer"), ("Session-Expires", f"{call.se_interval};refresher={refresher}")]
+    send_in_dialog(ctx, call, "INVITE", extra, pending["sdp"], "application/sdp")
 
 
 def glare_backoff(call: Call) -> float:
@@ -125,13 +130,15 @@ def on_reinvite_reply(ctx: Context, call: Call, reply: SipReply) -> None:
     pending = call.reinvite
     if pending is None or reply.cseq != pending["cseq"] or reply.status < 200:
         return  # provisional, or a retransmitted 200 (tm ACKs it again)
-    done = {"hold": "held", "resume": "resumed"}[pending["op"]]
     if 200 <= reply.status < 300:
         call.reinvite = None
         call.local_sdp, call.remote_sdp = pending["sdp"], reply.body or call.remote_sdp
+        restart_session_timer(ctx, call)
         call.save(ctx)
         ctx.log.info("reinvite done call=%s op=%s", call.call_id, pending["op"])
-        send(ctx, call.owner, done, {"callId": call.call_id, "sdp": reply.body}, pending["request_id"])
+        if pending["op"] != "refresh":
+            done = {"hold": "held", "resume": "resumed"}[pending["op"]]
+            send(ctx, call.owner, done, {"callId": call.call_id, "sdp": reply.body}, pending["request_id"])
     elif reply.status == 491 and pending["attempts"] < MAX_491_RETRIES:
         pending["attempts"] += 1
         pending["retry_at"] = ctx.clock() + glare_backoff(call)
@@ -146,9 +153,61 @@ def _reinvite_failed(ctx: Context, call: Call, reason: str) -> None:
     pending = call.reinvite
     assert pending is not None
     call.reinvite = None
+    if pending["op"] == "refresh":
+        _session_expired(ctx, call, reason)
+        return
     call.save(ctx)
     ctx.log.info("reinvite failed call=%s op=%s: %s", call.call_id, pending["op"], reason)
     ctx.send(call.owner, protocol.error_message(errors.PEER_REJECTED, reason, pending["request_id"], pending["op"]))
+
+
+# ---- session timer (see session_timer.py) ----
+
+
+def session_timer_due(ctx: Context, call: Call) -> None:
+    """Called by calls.tick when the session timer of an answered call fires."""
+    if call.se_refresher == "local":
+        if call.reinvite or call.update_in:
+            return  # that exchange refreshes the session when it succeeds
+        call.reinvite = {"op": "refresh", "request_id": None, "sdp": call.local_sdp, "cseq": 0, "sent_at": 0.0,
+                         "retry_at": 0.0, "attempts": 0}
+        _send_reinvite(ctx, call)
+    else:
+        _session_expired(ctx, call, "no session refresh from the far end")
+
+
+def _session_expired(ctx: Context, call: Call, reason: str) -> None:
+    ctx.log.info("session expired call=%s: %s", call.call_id, reason)
+    _send_bye(ctx, call)
+    send(ctx, call.owner, "callEnded", {"callId": call.call_id, "by": "local", "reason": "session_expired"})
+
+
+def on_remote_update(ctx: Context, sip_call_id: str, from_tag: str, to_tag: str, has_sdp: bool) -> ImmediateReply:
+    """An UPDATE from the far end: a session refresh without SDP is accepted; offers are not supported."""
+    with locked(ctx, key_for_request(ctx, sip_call_id, from_tag, to_tag)) as call:
+        if call is None:
+            return ImmediateReply(481, "Call/Transaction Does Not Exist")
+        if has_sdp:
+            return ImmediateReply(488, "Not Acceptable Here")
+        restart_session_timer(ctx, call)
+        call.save(ctx)
+        return ImmediateReply(200, "OK", _session_headers(ctx, call))
+
+
+def _session_headers(ctx: Context, call: Call) -> str:
+    headers = f"Contact: {contact(ctx, call.dn)}\r\n"
+    if call.se_interval:
+        refresher = "uas" if call.se_refresher == "local" else "uac"
+        headers += f"Session-Expires: {call.se_interval};refresher={refresher}\r\nRequire: timer\r\n"
+    return headers
+
+
+def _same_origin(offer: str, previous: str) -> bool:
+    """True when the offer's o= line (session id and version) is unchanged: a refresh, not a new offer."""
+    def origin(sdp: str) -> str:
+        return next((line.strip() for line in sdp.splitlines() if line.startswith("o=")), "")
+
+    return bool(offer) and origin(offer) == origin(previous) != ""
 
 
 # ---- the far end's re-INVITE ----
@@ -183,7 +242,14 @@ def check_reinvite(ctx: Context, inv: Reinvite) -> ImmediateReply | None:
             return ImmediateReply(500, "Server Internal Error", f"Retry-After: {random.randint(1, 10)}\r\n")
         if not inv.sdp:
             # A session refresh without an offer: offer what we have, unchanged (the ACK answers).
-            return ImmediateReply(200, "OK", f"Contact: {contact(ctx, call.dn)}\r\n", bump_version(call.local_sdp))
+            restart_session_timer(ctx, call)
+            call.save(ctx)
+            return ImmediateReply(200, "OK", _session_headers(ctx, call), bump_version(call.local_sdp))
+        if _same_origin(inv.sdp, call.remote_sdp):
+            # Same session version: a refresh (RFC 4028), answered with our SDP as it is.
+            restart_session_timer(ctx, call)
+            call.save(ctx)
+            return ImmediateReply(200, "OK", _session_headers(ctx, call), call.local_sdp)
         return None
 
 
@@ -214,10 +280,10 @@ def _answer_update(ctx: Context, call: Call, sdp: str) -> bool:
     pending = call.update_in
     assert pending is not None
     call.update_in = None
-    tag = ctx.sip.reply_suspended(pending["t_index"], pending["t_label"], 200, "OK",
-                                  f"Contact: {contact(ctx, call.dn)}\r\n", sdp)
+    tag = ctx.sip.reply_suspended(pending["t_index"], pending["t_label"], 200, "OK", _session_headers(ctx, call), sdp)
     if tag is not None:
         call.local_sdp, call.remote_sdp = sdp, pending["offer"]
+        restart_session_timer(ctx, call)
     call.save(ctx)
     return tag is not None
 
