@@ -51,6 +51,7 @@ DEFAULT_KEYS: dict[str, str] = {
     "auth_pass": "",  # registrar_challenge: verify digest response ("" = don't)
     "hold_ms": "25000",  # uas_silent: how long to stay silent after the INVITE
     "caller": "sipp",  # uac_*: user part of From
+    "refer_target": "5002",  # uac_call_send_refer: user part of the Refer-To URI
 }
 
 
