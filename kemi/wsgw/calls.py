@@ -438,6 +438,9 @@ def send_in_dialog(ctx: Context, call: Call, method: str, extra: list[tuple[str,
 
 
 def _send_bye(ctx: Context, call: Call) -> None:
+    from . import midcall
+
+    midcall.fail_pending(ctx, call)
     call.state = ENDING
     call.deadline = ctx.clock() + 32
     send_in_dialog(ctx, call, "BYE")
@@ -566,7 +569,7 @@ def ring_inbound(ctx: Context, invite: InboundInvite, t_index: int, t_label: int
             local_tag=local_tag, remote_tag=invite.from_tag,
             remote_target=_contact_uri(invite.contact) or invite.from_uri, route_set=_route_list(invite.record_route),
             invite_cseq=invite.cseq, local_cseq=0, peer=invite.from_user, created_at=now,
-            deadline=now + ctx.config.ring_timeout, t_index=t_index, t_label=t_label,
+            deadline=now + ctx.config.ring_timeout, t_index=t_index, t_label=t_label, remote_sdp=invite.sdp,
         )
         call.save(ctx)
         tabs.append(call)
@@ -670,8 +673,11 @@ def on_remote_bye(ctx: Context, sip_call_id: str, from_tag: str, to_tag: str) ->
 
 
 def _on_remote_bye(ctx: Context, call: Call | None) -> int:
+    from . import midcall
+
     if call is None:
         return 481
+    midcall.fail_pending(ctx, call)
     call.forget(ctx)
     if call.state == ENDING:
         return 200  # the BYEs crossed: the browser already got callEnded

@@ -230,7 +230,8 @@ class Gateway:
                 code = calls.on_remote_bye(self.ctx, sip_call_id, from_tag, to_tag)
                 KSR.sl.sl_send_reply(code, _REASONS[code])
             elif method == "INVITE":
-                self._reinvite(midcall.Reinvite(sip_call_id, from_tag, to_tag, str(KSR.pv.get("$rb") or "")))
+                self._reinvite(midcall.Reinvite(sip_call_id, from_tag, to_tag, str(KSR.pv.get("$rb") or ""),
+                                                str(KSR.pv.get("$hdr(Contact)") or "")))
             elif method == "REFER":
                 code = transfer.on_remote_refer(self.ctx, sip_call_id, from_tag, to_tag,
                                                 str(KSR.pv.get("$hdr(Refer-To)") or ""))

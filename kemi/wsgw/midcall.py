@@ -15,8 +15,8 @@ import re
 from dataclasses import dataclass
 
 from . import errors, protocol
-from .calls import (CONFIRMED, Call, _send_bye, contact, key_for_request, locked, own_call, restart_session_timer,
-                    sdp_field, send, send_in_dialog)
+from .calls import (CONFIRMED, Call, _contact_uri, _send_bye, contact, key_for_request, locked, own_call,
+                    restart_session_timer, sdp_field, send, send_in_dialog)
 from .connections import ConnRef
 from .context import Context
 from .errors import GatewayError
@@ -133,6 +133,8 @@ def on_reinvite_reply(ctx: Context, call: Call, reply: SipReply) -> None:
     if 200 <= reply.status < 300:
         call.reinvite = None
         call.local_sdp, call.remote_sdp = pending["sdp"], reply.body or call.remote_sdp
+        # A target refresh (RFC 3261 12.2.1.2): the 2xx's Contact is where we send from now on.
+        call.remote_target = _contact_uri(reply.header("contact") or "") or call.remote_target
         restart_session_timer(ctx, call)
         call.save(ctx)
         ctx.log.info("reinvite done call=%s op=%s", call.call_id, pending["op"])
@@ -144,6 +146,11 @@ def on_reinvite_reply(ctx: Context, call: Call, reply: SipReply) -> None:
         pending["retry_at"] = ctx.clock() + glare_backoff(call)
         call.save(ctx)
         ctx.log.info("reinvite glare call=%s retry_in=%.1f", call.call_id, pending["retry_at"] - ctx.clock())
+    elif reply.status in (408, 481):
+        # The dialog is gone at the far end (RFC 3261 12.2.1.2): end the call.
+        _reinvite_failed(ctx, call, f"the far end answered {reply.status} {reply.reason}")
+        if call.state == CONFIRMED:
+            _session_expired(ctx, call, "dialog gone", reason_word="dialog_gone")
     else:
         # The call stays up with the previous media (RFC 3261 14.1); only this request fails.
         _reinvite_failed(ctx, call, f"the far end answered {reply.status} {reply.reason}")
@@ -176,10 +183,28 @@ def session_timer_due(ctx: Context, call: Call) -> None:
         _session_expired(ctx, call, "no session refresh from the far end")
 
 
-def _session_expired(ctx: Context, call: Call, reason: str) -> None:
-    ctx.log.info("session expired call=%s: %s", call.call_id, reason)
+def _session_expired(ctx: Context, call: Call, reason: str, reason_word: str = "session_expired") -> None:
+    ctx.log.info("call ended by the gateway call=%s: %s", call.call_id, reason)
     _send_bye(ctx, call)
-    send(ctx, call.owner, "callEnded", {"callId": call.call_id, "by": "local", "reason": "session_expired"})
+    send(ctx, call.owner, "callEnded", {"callId": call.call_id, "by": "local", "reason": reason_word})
+
+
+def fail_pending(ctx: Context, call: Call, reason: str = "the call ended") -> None:
+    """The call is ending: every mid-call request still waiting gets its one final reply."""
+    pending, call.reinvite = call.reinvite, None
+    if pending and pending["op"] != "refresh":
+        ctx.send(call.owner, protocol.error_message(errors.INVALID_STATE, reason, pending["request_id"], pending["op"]))
+    queued, call.dtmf, call.dtmf_cseq = call.dtmf, [], 0
+    for request_id, left, _, _ in queued:
+        ctx.send(call.owner, protocol.error_message(
+            errors.INVALID_STATE, f"{reason}; digits not sent: {left}", request_id, "dtmf"))
+    update, call.update_in = call.update_in, None
+    if update:
+        # The far end's re-INVITE still waits for the browser: the dialog is going away.
+        ctx.sip.reply_suspended(update["t_index"], update["t_label"], 487, "Request Terminated", "", "")
+    refer, call.refer = call.refer, None
+    if refer and not refer["accepted"]:
+        ctx.send(call.owner, protocol.error_message(errors.INVALID_STATE, reason, refer["request_id"], "transfer"))
 
 
 def on_remote_update(ctx: Context, sip_call_id: str, from_tag: str, to_tag: str, has_sdp: bool) -> ImmediateReply:
@@ -219,6 +244,7 @@ class Reinvite:
     from_tag: str
     to_tag: str
     sdp: str
+    contact: str = ""  # a re-INVITE refreshes the remote target (RFC 3261 12.2.2)
 
 
 @dataclass(frozen=True)
@@ -240,17 +266,24 @@ def check_reinvite(ctx: Context, inv: Reinvite) -> ImmediateReply | None:
             return ImmediateReply(491, "Request Pending")  # glare with our own re-INVITE
         if call.update_in:
             return ImmediateReply(500, "Server Internal Error", f"Retry-After: {random.randint(1, 10)}\r\n")
+        _refresh_target(call, inv)
         if not inv.sdp:
-            # A session refresh without an offer: offer what we have, unchanged (the ACK answers).
+            # A session refresh without an offer: offer what we have (new version, kept as ours; the ACK answers).
+            call.local_sdp = bump_version(call.local_sdp)
             restart_session_timer(ctx, call)
             call.save(ctx)
-            return ImmediateReply(200, "OK", _session_headers(ctx, call), bump_version(call.local_sdp))
+            return ImmediateReply(200, "OK", _session_headers(ctx, call), call.local_sdp)
         if _same_origin(inv.sdp, call.remote_sdp):
             # Same session version: a refresh (RFC 4028), answered with our SDP as it is.
             restart_session_timer(ctx, call)
             call.save(ctx)
             return ImmediateReply(200, "OK", _session_headers(ctx, call), call.local_sdp)
+        call.save(ctx)
         return None
+
+
+def _refresh_target(call: Call, inv: Reinvite) -> None:
+    call.remote_target = _contact_uri(inv.contact) or call.remote_target
 
 
 def offer_update(ctx: Context, inv: Reinvite, t_index: int, t_label: int) -> None:
@@ -258,6 +291,14 @@ def offer_update(ctx: Context, inv: Reinvite, t_index: int, t_label: int) -> Non
     with locked(ctx, key_for_request(ctx, inv.sip_call_id, inv.from_tag, inv.to_tag)) as call:
         if call is None:
             ctx.sip.reply_suspended(t_index, t_label, 481, "Call/Transaction Does Not Exist", "", "")
+            return
+        # Things may have changed since check_reinvite released the lock: check again.
+        if call.state != CONFIRMED or (call.reinvite and call.reinvite["retry_at"] == 0.0):
+            ctx.sip.reply_suspended(t_index, t_label, 491, "Request Pending", "", "")
+            return
+        if call.update_in:
+            ctx.sip.reply_suspended(t_index, t_label, 500, "Server Internal Error",
+                                    f"Retry-After: {random.randint(1, 10)}\r\n", "")
             return
         call.update_in = {"t_index": t_index, "t_label": t_label, "offer": inv.sdp,
                           "deadline": ctx.clock() + ctx.config.update_timeout}
@@ -356,6 +397,8 @@ def on_remote_info(ctx: Context, sip_call_id: str, from_tag: str, to_tag: str, c
     with locked(ctx, key_for_request(ctx, sip_call_id, from_tag, to_tag)) as call:
         if call is None:
             return 481
+        if not body.strip():
+            return 200  # an empty INFO (RFC 6086): nothing to report
         parsed = parse_dtmf_info(content_type, body)
         if parsed is None:
             return 415
@@ -377,6 +420,7 @@ def tick_call(ctx: Context, call: Call, now: float) -> None:
             else:
                 _send_reinvite(ctx, call)
         elif not pending["retry_at"] and now - pending["sent_at"] > ctx.config.sip_timeout:
+            ctx.sip.cancel(call.sip_call_id, pending["cseq"])  # so a late 2xx cannot set up media we gave up on
             _reinvite_failed(ctx, call, "the far end did not answer the re-INVITE")
     if call.update_in and now >= call.update_in["deadline"]:
         # The browser stayed silent: answer with what was agreed before, direction mirrored.

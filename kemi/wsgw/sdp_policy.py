@@ -92,6 +92,7 @@ def _dedupe(names: list[str]) -> list[str]:
     return seen
 
 
+_ANSWER_SETUP = {"active": "passive", "passive": "active", "actpass": "active"}
 _MIRROR = {"sendonly": "recvonly", "recvonly": "sendonly", "inactive": "inactive", "sendrecv": "sendrecv"}
 
 
@@ -112,8 +113,12 @@ def mirror_answer(local_sdp: str, remote_offer: str) -> str:
     offer = sdp_transform.parse(remote_offer) if remote_offer else {"media": []}
     offer_media = offer.get("media", [])
     for i, media in enumerate(session.get("media", [])):
-        offered = offer_media[i].get("direction") if i < len(offer_media) else None
+        offered_media = offer_media[i] if i < len(offer_media) else {}
+        offered = offered_media.get("direction")
         media["direction"] = _MIRROR.get(offered or offer.get("direction") or "sendrecv", "sendrecv")
+        if media.get("setup") == "actpass":
+            # An answer must pick a DTLS role (RFC 5763 5): the opposite of the offer's, else active.
+            media["setup"] = _ANSWER_SETUP.get(offered_media.get("setup") or offer.get("setup") or "", "active")
     session.pop("direction", None)
     origin = session.get("origin")
     if origin:

@@ -439,3 +439,144 @@ def test_tcp_candidate_keeps_tcptype():
     assert TCP_CANDIDATE in _lines(offer)
     result = apply_codec_policy(offer, GW_CODECS)
     assert TCP_CANDIDATE in _lines(result.sdp)
+
+
+# --- offered_direction / mirror_answer / bump_version (mid-call re-INVITEs) ---------------------
+
+from wsgw.sdp_policy import bump_version, mirror_answer, offered_direction  # noqa: E402
+
+# A SIP phone's offer: plain RTP/AVP, one audio m-line.
+_PHONE = ["v=0", "o=phone 7 41 IN IP4 10.0.0.2", "s=-", "c=IN IP4 10.0.0.2", "t=0 0"]
+_PHONE_AUDIO = ["m=audio 40000 RTP/AVP 0 101", "a=rtpmap:0 PCMU/8000", "a=rtpmap:101 telephone-event/8000"]
+# What the gateway sent last (codec-filtered Chromium SDP, o= version 2).
+LOCAL = apply_codec_policy(CHROME_AUDIO_OFFER, GW_CODECS).sdp
+
+
+def _phone_offer(direction: str | None = None, session_direction: str | None = None) -> str:
+    lines = list(_PHONE) + ([f"a={session_direction}"] if session_direction else []) + list(_PHONE_AUDIO)
+    return _sdp(*lines, *([f"a={direction}"] if direction else []))
+
+
+def _version(sdp: str) -> int:
+    return int(sdp_transform.parse(sdp)["origin"]["sessionVersion"])
+
+
+def _directions(sdp: str) -> list[str | None]:
+    return [m.get("direction") for m in sdp_transform.parse(sdp)["media"]]
+
+
+@pytest.mark.parametrize("direction", ["sendrecv", "sendonly", "recvonly", "inactive"])
+def test_offered_direction_media_level(direction):
+    assert offered_direction(_phone_offer(direction)) == direction
+
+
+@pytest.mark.parametrize("direction", ["sendonly", "recvonly", "inactive"])
+def test_offered_direction_session_level_fallback(direction):
+    assert offered_direction(_phone_offer(None, session_direction=direction)) == direction
+
+
+def test_offered_direction_media_level_wins_over_session_level():
+    assert offered_direction(_phone_offer("recvonly", session_direction="sendonly")) == "recvonly"
+
+
+def test_offered_direction_defaults_to_sendrecv():
+    assert offered_direction(_phone_offer()) == "sendrecv"
+
+
+def test_offered_direction_looks_at_the_first_audio_mline():
+    video_first = _sdp(*_PHONE, "m=video 40002 RTP/AVP 96", "a=rtpmap:96 VP8/90000", "a=inactive",
+                       *_PHONE_AUDIO, "a=sendonly")
+    assert offered_direction(video_first) == "sendonly"
+    assert offered_direction(VIDEO_ONLY_OFFER) == "sendrecv"  # no audio: session level, else sendrecv
+    assert offered_direction(_sdp(*_PHONE, "a=inactive", "m=video 40002 RTP/AVP 96", "a=rtpmap:96 VP8/90000")) \
+        == "inactive"
+
+
+@pytest.mark.parametrize("offered, answered", [
+    ("sendonly", "recvonly"), ("recvonly", "sendonly"), ("inactive", "inactive"), ("sendrecv", "sendrecv")])
+def test_mirror_answer_mirrors_the_direction(offered, answered):
+    answer = mirror_answer(LOCAL, _phone_offer(offered))
+    assert _directions(answer) == [answered]
+    assert f"a={answered}" in _lines(answer)
+    assert [line for line in _lines(answer) if line in ("a=sendrecv", "a=sendonly", "a=recvonly", "a=inactive")] \
+        == [f"a={answered}"]
+
+
+def test_mirror_answer_offer_without_direction_is_sendrecv():
+    held_local = LOCAL.replace("a=sendrecv", "a=sendonly")
+    assert _directions(mirror_answer(held_local, _phone_offer())) == ["sendrecv"]
+    assert _directions(mirror_answer(held_local, "")) == ["sendrecv"]
+
+
+def test_mirror_answer_uses_session_level_direction_of_the_offer():
+    assert _directions(mirror_answer(LOCAL, _phone_offer(None, session_direction="sendonly"))) == ["recvonly"]
+
+
+def test_mirror_answer_drops_our_session_level_direction():
+    local = LOCAL.replace("t=0 0\r\n", "t=0 0\r\na=sendonly\r\n", 1)
+    assert sdp_transform.parse(local).get("direction") == "sendonly"
+    answer = mirror_answer(local, _phone_offer("sendonly"))
+    assert sdp_transform.parse(answer).get("direction") is None
+    assert _directions(answer) == ["recvonly"]
+
+
+def test_mirror_answer_increments_the_version_and_changes_nothing_else():
+    answer = mirror_answer(LOCAL, _phone_offer("sendonly"))
+    assert _version(LOCAL) == 2 and _version(answer) == 3
+    expected = LOCAL.replace("o=- 4611731400430051336 2 IN IP4", "o=- 4611731400430051336 3 IN IP4") \
+        .replace("a=sendrecv", "a=recvonly").replace("a=setup:actpass", "a=setup:active")
+    assert sorted(_lines(answer)) == sorted(_lines(expected))
+    assert answer.endswith("\r\n")
+    assert "opus" not in answer.lower()
+
+
+def test_mirror_answer_per_mline():
+    local = apply_codec_policy(CHROME_AUDIO_VIDEO_OFFER, GW_CODECS).sdp
+    offer = _sdp(*_PHONE, *_PHONE_AUDIO, "a=sendonly", "m=video 40002 RTP/AVP 96", "a=rtpmap:96 VP8/90000",
+                 "a=inactive")
+    assert _directions(mirror_answer(local, offer)) == ["recvonly", "inactive"]
+    # an offer with fewer m-lines: the rest follow its session-level direction, else sendrecv
+    assert _directions(mirror_answer(local, _phone_offer("sendonly"))) == ["recvonly", "sendrecv"]
+    assert _directions(mirror_answer(local, _phone_offer("recvonly", session_direction="inactive"))) \
+        == ["sendonly", "inactive"]
+
+
+def test_mirror_answer_keeps_tcp_candidates_verbatim():
+    local = LOCAL.replace("a=ice-ufrag:Kq7v\r\n", TCP_CANDIDATE + "\r\na=ice-ufrag:Kq7v\r\n")
+    answer = mirror_answer(local, _phone_offer("sendonly"))
+    assert TCP_CANDIDATE in _lines(answer)
+    assert [line for line in _lines(answer) if line.startswith("a=candidate:")] == \
+        [line for line in _lines(local) if line.startswith("a=candidate:")]
+
+
+def test_mirror_answer_is_not_actpass():
+    assert "a=setup:actpass" in _lines(LOCAL)  # what the browser offered on an outbound call
+    answer = mirror_answer(LOCAL, _phone_offer("sendonly").replace("RTP/AVP", "UDP/TLS/RTP/SAVPF"))
+    assert "a=setup:actpass" not in _lines(answer)
+
+
+def test_bump_version_increments_only_the_version():
+    bumped = bump_version(LOCAL)
+    assert _version(bumped) == _version(LOCAL) + 1
+    assert sorted(_lines(bumped)) == sorted(
+        _lines(LOCAL.replace("o=- 4611731400430051336 2 IN IP4", "o=- 4611731400430051336 3 IN IP4")))
+    assert bumped.endswith("\r\n")
+    assert _version(bump_version(bumped)) == _version(LOCAL) + 2
+
+
+def test_bump_version_exact_text_of_a_plain_sdp():
+    phone = _phone_offer("sendonly")
+    assert bump_version(phone) == phone.replace("o=phone 7 41 ", "o=phone 7 42 ")
+
+
+def test_bump_version_large_version():
+    sdp = _phone_offer().replace("o=phone 7 41 ", "o=phone 7 4611731400430051336 ")
+    assert "o=phone 7 4611731400430051337 IN IP4 10.0.0.2" in _lines(bump_version(sdp))
+
+
+def test_bump_version_keeps_tcp_candidates_and_direction():
+    local = LOCAL.replace("a=ice-ufrag:Kq7v\r\n", TCP_CANDIDATE + "\r\na=ice-ufrag:Kq7v\r\n").replace(
+        "a=sendrecv", "a=sendonly")
+    bumped = bump_version(local)
+    assert TCP_CANDIDATE in _lines(bumped)
+    assert _directions(bumped) == ["sendonly"]
