@@ -24,7 +24,7 @@ from . import errors, protocol, registrations
 from .connections import ConnRef
 from .context import Context
 from .errors import GatewayError
-from .routing import route
+from .routing import RouteDecision, route
 from .sdp_policy import NoAllowedCodec, apply_codec_policy
 from .sip_headers import header_block, name_addr, new_call_id, new_tag, validate_dn, validate_token
 from .sip_port import OutgoingRequest, SipReply
@@ -161,6 +161,7 @@ class Call:
     se_refresher: str = ""
     se_due: float = 0.0
     display_name: str = ""
+    conference: dict | None = None  # this call is the agent's leg into a bridge (conference.py)
     retried_422: bool = False
 
     @property
@@ -254,7 +255,10 @@ def send(ctx: Context, conn: ConnRef, msg_type: str, payload: dict, request_id: 
 # ---- outbound ----
 
 
-def place_call(ctx: Context, conn: ConnRef, request_id: str | None, req: CallPayload) -> None:
+def place_call(ctx: Context, conn: ConnRef, request_id: str | None, req: CallPayload,
+               decision: RouteDecision | None = None, conference: dict | None = None) -> None:
+    """An outbound call. `decision` overrides the dial plan (the conference bridge);
+    `conference` marks the agent's leg into a bridge (see conference.py)."""
     dn = registrations.dn_of_connection(ctx, conn)
     reg = registrations.Registration.load(ctx, dn) if dn else None
     # Upstream, the binding exists while the REGISTER is pending: only a registration
@@ -263,11 +267,11 @@ def place_call(ctx: Context, conn: ConnRef, request_id: str | None, req: CallPay
         raise GatewayError(errors.NOT_REGISTERED, "register before calling")
     key = call_key(conn, req.call_id)
     with ctx.store.lock(CALLS, key):
-        _place_call(ctx, conn, request_id, req, reg, key)
+        _place_call(ctx, conn, request_id, req, reg, key, decision or route(req.to, ctx.config), conference)
 
 
 def _place_call(ctx: Context, conn: ConnRef, request_id: str | None, req: CallPayload,
-                reg: registrations.Registration, key: str) -> None:
+                reg: registrations.Registration, key: str, decision: RouteDecision, conference: dict | None) -> None:
     from . import transfer  # builds on this module
 
     dn = reg.dn
@@ -280,8 +284,10 @@ def _place_call(ctx: Context, conn: ConnRef, request_id: str | None, req: CallPa
         send(ctx, conn, "callFailed", {"callId": req.call_id, "code": code, "reason": failure_reason(code)}, request_id)
         if referred_by:
             transfer.referred_call_progress(ctx, referred_by, code, reason)
+        if conference:
+            ctx.send(conn, protocol.error_message(errors.INVALID_PAYLOAD if code == 488 else errors.PEER_REJECTED,
+                                                  reason, conference["request_id"], "conference"))
 
-    decision = route(req.to, ctx.config)
     if decision.kind == "refused":
         return fail(decision.code, decision.reason)
     try:
@@ -298,7 +304,7 @@ def _place_call(ctx: Context, conn: ConnRef, request_id: str | None, req: CallPa
         sip_call_id=new_call_id(ctx.config.listen_ip), local_uri=f"sip:{dn}@{domain}", remote_uri=decision.ruri,
         local_tag=new_tag(), peer=req.to, codecs=filtered.codecs, request_id=request_id, created_at=now,
         deadline=now + ctx.config.sip_timeout, nexthop=decision.nexthop, local_sdp=filtered.sdp,
-        referred_by=referred_by, display_name=reg.display_name,
+        referred_by=referred_by, display_name=reg.display_name, conference=conference,
     )
     ctx.log.info("call out call=%s sip_call_id=%s from=%s to=%s route=%s", call.call_id, call.sip_call_id, dn, req.to, decision.kind)
     if not _send_invite(ctx, call, ctx.config.session_expires, ctx.config.min_se):
@@ -376,6 +382,10 @@ def on_invite_reply(ctx: Context, call: Call, reply: SipReply) -> None:
         call.save(ctx)
         ctx.log.info("call answered call=%s sip_call_id=%s", call.call_id, call.sip_call_id)
         send(ctx, conn, "callAccepted", {"callId": call.call_id, "sdp": reply.body, "codecs": call.codecs}, request_id)
+        if call.conference:
+            from . import conference
+
+            conference.bridge_answered(ctx, call)
         return
     # final failure
     if reply.status == 422 and not call.retried_422 and call.state != CANCELLING:
@@ -392,6 +402,10 @@ def on_invite_reply(ctx: Context, call: Call, reply: SipReply) -> None:
     ctx.log.info("call failed call=%s code=%d", call.call_id, reply.status)
     send(ctx, conn, "callFailed", {"callId": call.call_id, "code": reply.status, "reason": failure_reason(reply.status)},
           call.request_id)
+    if call.conference:
+        from . import conference
+
+        conference.bridge_failed(ctx, call, f"the conference bridge answered {reply.status} {reply.reason}")
 
 
 def _start_session_timer(ctx: Context, call: Call, header: str | None, we_are: str) -> None:
@@ -747,6 +761,10 @@ def _expire(ctx: Context, call: Call) -> None:
         ctx.log.info("call timeout call=%s %s", call.call_id, reason)
         _cancel(ctx, call)
         send(ctx, conn, "callFailed", {"callId": call.call_id, "code": 408, "reason": reason}, call.request_id)
+        if call.conference:
+            from . import conference
+
+            conference.bridge_failed(ctx, call, f"the conference bridge did not answer ({reason})")
     elif call.direction == "inbound" and call.state == RINGING:
         ctx.sip.reply_suspended(call.t_index, call.t_label, 480, "Temporarily Unavailable", "", "")
         ctx.log.info("call ring timeout call=%s", call.call_id)

@@ -19,6 +19,15 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
         raise ValueError(f"{name} must be an integer, got {raw!r}") from None
 
 
+def _conference_uri(value: str) -> str:
+    if value:
+        try:
+            parse_sip_uri(value.replace("{room}", "room"))
+        except GatewayError as exc:
+            raise ValueError(f"GW_CONFERENCE_URI: {exc.reason}") from None
+    return value
+
+
 @dataclass(frozen=True)
 class GatewayConfig:
     listen_ip: str = "127.0.0.1"
@@ -38,6 +47,8 @@ class GatewayConfig:
     # Session timers (RFC 4028): the interval we ask for and the smallest we accept.
     session_expires: int = 1800
     min_se: int = 90
+    # Conference bridge URI; "{room}" is replaced by a fresh room name (conference.py).
+    conference_uri: str = ""
     extra: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -74,4 +85,5 @@ class GatewayConfig:
             update_timeout=_int(env, "GW_UPDATE_TIMEOUT", 5),
             session_expires=_int(env, "GW_SESSION_EXPIRES", 1800),
             min_se=_int(env, "GW_MIN_SE", 90),
+            conference_uri=_conference_uri(env.get("GW_CONFERENCE_URI", "").strip()),
         )

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from . import calls, errors, midcall, protocol, registrations, transfer
+from . import calls, conference, errors, midcall, protocol, registrations, transfer
 from .connections import ConnRef
 from .context import Context
 from .errors import GatewayError
@@ -66,6 +66,10 @@ def handle_transfer(ctx: Context, conn: ConnRef, frame: Frame) -> None:
     transfer.transfer(ctx, conn, frame.id, frame.payload)
 
 
+def handle_conference(ctx: Context, conn: ConnRef, frame: Frame) -> None:
+    conference.conference(ctx, conn, frame.id, frame.payload)
+
+
 HANDLERS: dict[str, Handler] = {
     "register": handle_register,
     "unregister": handle_unregister,
@@ -79,6 +83,7 @@ HANDLERS: dict[str, Handler] = {
     "updateAnswer": handle_update_answer,
     "dtmf": handle_dtmf,
     "transfer": handle_transfer,
+    "conference": handle_conference,
 }
 
 

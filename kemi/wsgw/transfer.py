@@ -66,10 +66,15 @@ def transfer(ctx: Context, conn: ConnRef, request_id: str | None, req: TransferP
         if call.refer:
             raise GatewayError(errors.INVALID_STATE, f"a transfer of call {call.call_id} is already in progress")
         refer_to = _blind_target(ctx, req.target) if req.target else _replaces_target(ctx, conn, call, req.replaces_call_id)
-        call.refer = {"request_id": request_id, "cseq": call.local_cseq + 1, "sent_at": ctx.clock(), "accepted": False}
-        ctx.log.info("transfer out call=%s refer_to=%s", call.call_id, refer_to)
-        send_in_dialog(ctx, call, "REFER", [("Refer-To", refer_to), ("Referred-By", f"<{call.local_uri}>"),
-                                            ("Contact", contact(ctx, call.dn))])
+        send_refer(ctx, call, refer_to, request_id)
+
+
+def send_refer(ctx: Context, call: Call, refer_to: str, request_id: str | None) -> None:
+    """REFER the far end of `call` (locked, answered) to `refer_to` (a name-addr)."""
+    call.refer = {"request_id": request_id, "cseq": call.local_cseq + 1, "sent_at": ctx.clock(), "accepted": False}
+    ctx.log.info("transfer out call=%s refer_to=%s", call.call_id, refer_to)
+    send_in_dialog(ctx, call, "REFER", [("Refer-To", refer_to), ("Referred-By", f"<{call.local_uri}>"),
+                                        ("Contact", contact(ctx, call.dn))])
 
 
 def _blind_target(ctx: Context, target: str) -> str:
