@@ -226,37 +226,40 @@ class Gateway:
             KSR.sl.sl_send_reply(200, "OK")
             return 1
         if to_tag:
-            if method == "BYE":
-                code = calls.on_remote_bye(self.ctx, sip_call_id, from_tag, to_tag)
-                KSR.sl.sl_send_reply(code, _REASONS[code])
-            elif method == "INVITE":
+            if method == "INVITE":
                 self._reinvite(midcall.Reinvite(sip_call_id, from_tag, to_tag, str(KSR.pv.get("$rb") or ""),
                                                 str(KSR.pv.get("$hdr(Contact)") or "")))
-            elif method == "REFER":
-                code = transfer.on_remote_refer(self.ctx, sip_call_id, from_tag, to_tag,
-                                                str(KSR.pv.get("$hdr(Refer-To)") or ""))
-                KSR.sl.sl_send_reply(code, _REASONS[code])
-                if code == 202:
-                    transfer.notify_refer_accepted(self.ctx, sip_call_id, from_tag, to_tag)
-            elif method == "NOTIFY":
-                code = transfer.on_remote_notify(self.ctx, sip_call_id, from_tag, to_tag,
-                                                 str(KSR.pv.get("$hdr(Event)") or ""), str(KSR.pv.get("$rb") or ""))
-                KSR.sl.sl_send_reply(code, _REASONS[code])
-            elif method == "UPDATE":
-                self._reply_now(midcall.on_remote_update(self.ctx, sip_call_id, from_tag, to_tag,
-                                                         bool(KSR.pv.get("$rb"))), stateless=True)
-            elif method == "INFO":
-                code = midcall.on_remote_info(self.ctx, sip_call_id, from_tag, to_tag,
-                                              str(KSR.pv.get("$hdr(Content-Type)") or ""), str(KSR.pv.get("$rb") or ""))
-                KSR.sl.sl_send_reply(code, _REASONS[code])
-            else:
-                KSR.sl.sl_send_reply(501, "Not Implemented")
+            elif KSR.tm.t_newtran() > 0:  # statefully, so tm answers retransmissions itself
+                self._in_dialog(method, sip_call_id, from_tag, to_tag)
             return 1
         if method == "INVITE":
             self._inbound_invite(sip_call_id, from_tag)
             return 1
         KSR.sl.sl_send_reply(405, "Method Not Allowed")
         return 1
+
+    def _in_dialog(self, method: str, sip_call_id: str, from_tag: str, to_tag: str) -> None:
+        body = str(KSR.pv.get("$rb") or "")
+        if method == "BYE":
+            code = calls.on_remote_bye(self.ctx, sip_call_id, from_tag, to_tag)
+        elif method == "REFER":
+            code = transfer.on_remote_refer(self.ctx, sip_call_id, from_tag, to_tag,
+                                            str(KSR.pv.get("$hdr(Refer-To)") or ""))
+        elif method == "NOTIFY":
+            code = transfer.on_remote_notify(self.ctx, sip_call_id, from_tag, to_tag,
+                                             str(KSR.pv.get("$hdr(Event)") or ""), body)
+        elif method == "INFO":
+            code = midcall.on_remote_info(self.ctx, sip_call_id, from_tag, to_tag,
+                                          str(KSR.pv.get("$hdr(Content-Type)") or ""), body)
+        elif method == "UPDATE":
+            self._reply_now(midcall.on_remote_update(self.ctx, sip_call_id, from_tag, to_tag, bool(body)))
+            return
+        else:
+            KSR.tm.t_reply(501, "Not Implemented")
+            return
+        KSR.tm.t_reply(code, _REASONS[code])
+        if method == "REFER" and code == 202:
+            transfer.notify_refer_accepted(self.ctx, sip_call_id, from_tag, to_tag)
 
     def _reinvite(self, inv: "midcall.Reinvite") -> None:
         if KSR.tm.t_newtran() <= 0:
@@ -274,15 +277,12 @@ class Gateway:
             return
         midcall.offer_update(self.ctx, inv, int(KSR.pv.get("$T(id_index)")), int(KSR.pv.get("$T(id_label)")))
 
-    def _reply_now(self, reply: "midcall.ImmediateReply", stateless: bool = False) -> None:
+    def _reply_now(self, reply: "midcall.ImmediateReply") -> None:
         if reply.body:
             KSR.textops.set_reply_body(reply.body, "application/sdp")
         if reply.headers:
             KSR.hdr.append_to_reply(reply.headers)
-        if stateless:
-            KSR.sl.sl_send_reply(reply.code, reply.reason)
-        else:
-            KSR.tm.t_reply(reply.code, reply.reason)
+        KSR.tm.t_reply(reply.code, reply.reason)
 
     def _inbound_invite(self, sip_call_id: str, from_tag: str) -> None:
         if KSR.tm.t_newtran() <= 0:

@@ -133,6 +133,11 @@ def on_remote_notify(ctx: Context, sip_call_id: str, from_tag: str, to_tag: str,
         if not frag:
             return 400
         status, reason = int(frag.group(1)), frag.group(2).strip()
+        if not call.refer["accepted"]:
+            # The NOTIFY overtook the 202 (they may be handled by two workers): a NOTIFY
+            # means the REFER was accepted, so the request's reply goes first.
+            call.refer["accepted"] = True
+            send(ctx, call.owner, "transferAccepted", {"callId": call.call_id}, call.refer["request_id"])
         send(ctx, call.owner, "transferProgress", {"callId": call.call_id, "status": status, "reason": reason})
         if status >= 200:
             call.refer = None
