@@ -77,21 +77,16 @@ def sdp_field(payload: dict, required: bool = True) -> str:
     return sdp
 
 
-def _only(payload: dict, allowed: set[str]) -> None:
-    unknown = set(payload) - allowed
-    if unknown:
-        raise GatewayError(errors.INVALID_PAYLOAD, f"unknown field(s): {', '.join(sorted(unknown))[:120]}")
-
 
 def parse_call(payload: dict) -> CallPayload:
-    _only(payload, {"to", "callId", "sdp", "referredBy"})
+    protocol.only_fields(payload, {"to", "callId", "sdp", "referredBy"})
     referred_by = validate_token(payload["referredBy"], "referredBy") if "referredBy" in payload else ""
     return CallPayload(to=validate_dn(payload.get("to"), "to"), call_id=validate_token(payload.get("callId"), "callId"),
                        sdp=sdp_field(payload), referred_by=referred_by)
 
 
 def parse_hangup(payload: dict) -> CallIdPayload:
-    _only(payload, {"callId", "reason"})
+    protocol.only_fields(payload, {"callId", "reason"})
     reason = payload.get("reason", "")
     if not isinstance(reason, str) or len(reason) > 64:
         raise GatewayError(errors.INVALID_PAYLOAD, "reason must be a string of at most 64 characters")
@@ -99,12 +94,12 @@ def parse_hangup(payload: dict) -> CallIdPayload:
 
 
 def parse_answer(payload: dict) -> CallIdPayload:
-    _only(payload, {"callId", "sdp"})
+    protocol.only_fields(payload, {"callId", "sdp"})
     return CallIdPayload(call_id=validate_token(payload.get("callId"), "callId"), sdp=sdp_field(payload))
 
 
 def parse_reject(payload: dict) -> CallIdPayload:
-    _only(payload, {"callId", "code"})
+    protocol.only_fields(payload, {"callId", "code"})
     code = payload.get("code", 486)
     if type(code) is not int or code not in (486, 603, 480):
         raise GatewayError(errors.INVALID_PAYLOAD, "code must be 486, 480 or 603")
@@ -263,7 +258,7 @@ def place_call(ctx: Context, conn: ConnRef, request_id: str | None, req: CallPay
     reg = registrations.Registration.load(ctx, dn) if dn else None
     # Upstream, the binding exists while the REGISTER is pending: only a registration
     # the registrar accepted may call (the PBX trusts the gateway's INVITEs).
-    if reg is None or reg.state != registrations.REGISTERED or reg.conn != conn.key:
+    if reg is None or reg.state != registrations.REGISTERED or conn.key not in reg.all_conns():
         raise GatewayError(errors.NOT_REGISTERED, "register before calling")
     key = call_key(conn, req.call_id)
     with ctx.store.lock(CALLS, key):
@@ -345,7 +340,8 @@ def _route_list(record_route: str) -> list[str]:
 
 
 def on_invite_reply(ctx: Context, call: Call, reply: SipReply) -> None:
-    if call.referred_by and reply.status > 100 and call.state != CANCELLING:
+    retrying_422 = reply.status == 422 and not call.retried_422
+    if call.referred_by and reply.status > 100 and call.state != CANCELLING and not retrying_422:
         from . import transfer
 
         transfer.referred_call_progress(ctx, call.referred_by, reply.status, reply.reason)
@@ -393,6 +389,7 @@ def on_invite_reply(ctx: Context, call: Call, reply: SipReply) -> None:
         min_se = max(session_timer.parse_min_se(reply.header("min-se")) or 0, ctx.config.min_se)
         call.retried_422 = True
         call.local_cseq += 1
+        call.state, call.deadline = CALLING, ctx.clock() + ctx.config.sip_timeout  # a new INVITE: timers again
         ctx.log.info("call 422 call=%s retry with Session-Expires %d", call.call_id, min_se)
         if _send_invite(ctx, call, max(min_se, ctx.config.session_expires), min_se):
             return
@@ -490,6 +487,11 @@ def _cancel(ctx: Context, call: Call) -> None:
     call.state = CANCELLING
     call.save(ctx)
     ctx.sip.cancel(call.sip_call_id, call.invite_cseq)
+    if call.referred_by:
+        from . import transfer
+
+        # The referrer's subscription ends too (no 487 reply will be reported after CANCELLING).
+        transfer.referred_call_progress(ctx, call.referred_by, 487, "Request Terminated")
 
 
 def hangup(ctx: Context, conn: ConnRef, request_id: str | None, req: CallIdPayload) -> None:
@@ -500,8 +502,12 @@ def hangup(ctx: Context, conn: ConnRef, request_id: str | None, req: CallIdPaylo
 def _hangup(ctx: Context, conn: ConnRef, request_id: str | None, req: CallIdPayload, call: Call) -> None:
     if call.direction == "outbound" and call.state in (CALLING, RINGING):
         _cancel(ctx, call)
-        # The `call` request gets its one final reply too.
+        # The `call` request gets its one final reply too (and a conference request, for a bridge leg).
         send(ctx, conn, "callFailed", {"callId": call.call_id, "code": 487, "reason": "cancelled"}, call.request_id)
+        if call.conference:
+            from . import conference
+
+            conference.bridge_failed(ctx, call, "cancelled")
     elif call.direction == "inbound" and call.state == RINGING:
         _leave_ringing(ctx, call, 486, "Busy Here")
     elif call.state == CONFIRMED:
@@ -593,8 +599,10 @@ def ring_inbound(ctx: Context, invite: InboundInvite, t_index: int, t_label: int
                  invite.from_user, len(tabs))
     se = session_timer.parse_session_expires(invite.session_expires)
     if se is not None and session_timer.supports_timer(invite.supported):
-        for call in tabs:  # the caller refreshes (refresher=uac); armed when answered
-            call.se_interval, call.se_refresher = se.interval, "remote"
+        # The caller refreshes unless it asked us to (refresher=uas); armed when answered.
+        refresher = "local" if se.refresher == "uas" else "remote"
+        for call in tabs:
+            call.se_interval, call.se_refresher = se.interval, refresher
             call.save(ctx)
     incoming = {"callId": call_id, "from": invite.from_user, "displayName": invite.display_name, "sdp": invite.sdp}
     for call in tabs:
@@ -644,10 +652,12 @@ def _answer(ctx: Context, conn: ConnRef, request_id: str | None, req: CallIdPayl
         raise GatewayError(errors.INVALID_PAYLOAD, "sdp could not be parsed") from None
     headers = f"Contact: {contact(ctx, call.dn)}\r\n"
     if call.se_interval:
-        headers += f"Session-Expires: {call.se_interval};refresher=uac\r\nRequire: timer\r\n"
+        refresher = "uas" if call.se_refresher == "local" else "uac"
+        headers += f"Session-Expires: {call.se_interval};refresher={refresher}\r\nRequire: timer\r\n"
     local_tag = ctx.sip.reply_suspended(call.t_index, call.t_label, 200, "OK", headers, filtered.sdp)
     if local_tag is None:
-        call.forget(ctx)
+        # The caller's CANCEL (or another tab) won the race: stop every tab of this call.
+        _end_all_forks(ctx, call, "callCancelled", {})
         raise GatewayError(errors.NO_SUCH_CALL, f"call {req.call_id} was cancelled, or answered in another tab")
     with ctx.store.lock(CALLS_BY_SIP_ID, _forks_key(call)):
         for key in forks(ctx, call):
@@ -746,10 +756,9 @@ def tick(ctx: Context) -> None:
                 midcall.tick_call(ctx, call, now)
                 if call.state == CONFIRMED and call.se_interval and call.se_due and now >= call.se_due:
                     midcall.session_timer_due(ctx, call)
-                if call.refer and not call.refer["accepted"] and now - call.refer["sent_at"] > ctx.config.sip_timeout:
-                    from . import transfer
+                from . import transfer
 
-                    transfer.refer_timed_out(ctx, call)
+                transfer.tick_call(ctx, call, now)
             elif call.deadline and now >= call.deadline:
                 _expire(ctx, call)
 

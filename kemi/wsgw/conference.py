@@ -40,9 +40,7 @@ class ConferencePayload:
 
 
 def parse_conference(payload: dict) -> ConferencePayload:
-    unknown = set(payload) - {"callIds", "callId", "sdp"}
-    if unknown:
-        raise GatewayError(errors.INVALID_PAYLOAD, f"unknown field(s): {', '.join(sorted(unknown))[:120]}")
+    protocol.only_fields(payload, {"callIds", "callId", "sdp"})
     ids = payload.get("callIds")
     if not isinstance(ids, list) or len(ids) != 2:
         raise GatewayError(errors.INVALID_PAYLOAD, "callIds must list exactly two calls")

@@ -14,7 +14,7 @@ from typing import Iterator
 
 import KSR  # type: ignore[import-not-found]
 
-from . import calls, handlers, health, midcall, protocol, registrations, transfer, ws_send
+from . import calls, handlers, health, midcall, protocol, registrations, static_files, transfer, ws_send
 from .config import GatewayConfig
 from .connections import ConnRef
 from .context import Context
@@ -330,10 +330,14 @@ class Gateway:
             KSR.websocket.handle_handshake()
             return 1
         path = str(KSR.pv.get("$hu") or "/").split("?")[0]
-        if path in ("/", "/health"):
+        if path == "/health":
             KSR.xhttp.xhttp_reply(200, "OK", "application/json", protocol.encode(health.health(self.ctx)))
-        else:
+            return 1
+        found = static_files.lookup(path)
+        if found is None:
             KSR.xhttp.xhttp_reply(404, "Not Found", "text/plain", "not found\n")
+        else:
+            KSR.xhttp.xhttp_reply(200, "OK", found.content_type, found.text)
         return 1
 
     # -- timer process --

@@ -45,19 +45,14 @@ class DtmfPayload:
     duration_ms: int = DEFAULT_DTMF_MS
 
 
-def _only(payload: dict, allowed: set[str]) -> None:
-    unknown = set(payload) - allowed
-    if unknown:
-        raise GatewayError(errors.INVALID_PAYLOAD, f"unknown field(s): {', '.join(sorted(unknown))[:120]}")
-
 
 def parse_sdp_payload(payload: dict) -> SdpPayload:
-    _only(payload, {"callId", "sdp"})
+    protocol.only_fields(payload, {"callId", "sdp"})
     return SdpPayload(call_id=validate_token(payload.get("callId"), "callId"), sdp=sdp_field(payload))
 
 
 def parse_dtmf(payload: dict) -> DtmfPayload:
-    _only(payload, {"callId", "digits", "durationMs"})
+    protocol.only_fields(payload, {"callId", "digits", "durationMs"})
     digits = payload.get("digits")
     if not isinstance(digits, str) or not DTMF_DIGITS.fullmatch(digits):
         raise GatewayError(errors.INVALID_PAYLOAD, "digits must be 1-32 of 0-9 * # A-D")

@@ -64,7 +64,8 @@ class EmptyPayload:
     pass
 
 
-def _fields(payload: dict, allowed: set[str]) -> None:
+def only_fields(payload: dict, allowed: set[str]) -> None:
+    """Refuse payload fields a message type does not define (invalid_payload)."""
     unknown = set(payload) - allowed
     if unknown:
         raise GatewayError(errors.INVALID_PAYLOAD, f"unknown field(s): {', '.join(sorted(unknown))[:120]}")
@@ -77,7 +78,7 @@ def _required(payload: dict, name: str) -> Any:
 
 
 def parse_register(payload: dict) -> RegisterPayload:
-    _fields(payload, {"dn", "password", "displayName"})
+    only_fields(payload, {"dn", "password", "displayName"})
     return RegisterPayload(
         dn=validate_dn(_required(payload, "dn")),
         password=validate_password(_required(payload, "password")),
@@ -86,7 +87,7 @@ def parse_register(payload: dict) -> RegisterPayload:
 
 
 def parse_empty(payload: dict) -> EmptyPayload:
-    _fields(payload, set())
+    only_fields(payload, set())
     return EmptyPayload()
 
 

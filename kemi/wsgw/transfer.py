@@ -41,9 +41,7 @@ class TransferPayload:
 
 
 def parse_transfer(payload: dict) -> TransferPayload:
-    unknown = set(payload) - {"callId", "target", "replacesCallId"}
-    if unknown:
-        raise GatewayError(errors.INVALID_PAYLOAD, f"unknown field(s): {', '.join(sorted(unknown))[:120]}")
+    protocol.only_fields(payload, {"callId", "target", "replacesCallId"})
     if ("target" in payload) == ("replacesCallId" in payload):
         raise GatewayError(errors.INVALID_PAYLOAD, "give exactly one of target (blind) or replacesCallId (attended)")
     return TransferPayload(
@@ -113,6 +111,19 @@ def on_refer_reply(ctx: Context, call: Call, reply: SipReply) -> None:
             errors.PEER_REJECTED, f"REFER answered {reply.status} {reply.reason}", pending["request_id"], "transfer"))
 
 
+# The browser has this long to act on a transferRequested before the referrer is told 603.
+TRANSFER_REQUEST_TIMEOUT = 60
+
+
+def tick_call(ctx: Context, call: Call, now: float) -> None:
+    """Timers of an answered call (lock held): our REFER unanswered; a REFER the browser ignored."""
+    if call.refer and not call.refer["accepted"] and now - call.refer["sent_at"] > ctx.config.sip_timeout:
+        refer_timed_out(ctx, call)
+    if call.refer_in and not call.refer_in.get("placed") and now >= call.refer_in.get("deadline", now):
+        ctx.log.info("transfer request not acted on call=%s", call.call_id)
+        _notify(ctx, call, 603, "Declined")
+
+
 def refer_timed_out(ctx: Context, call: Call) -> None:
     pending = call.refer
     assert pending is not None
@@ -130,13 +141,14 @@ def on_remote_notify(ctx: Context, sip_call_id: str, from_tag: str, to_tag: str,
         if event.split(";")[0].strip().lower() != "refer" or not call.refer:
             return 489  # Bad Event
         frag = _SIPFRAG.match(body.strip())
-        if not frag:
+        if not frag or not 100 <= int(frag.group(1)) <= 699:
             return 400
         status, reason = int(frag.group(1)), frag.group(2).strip()
         if not call.refer["accepted"]:
             # The NOTIFY overtook the 202 (they may be handled by two workers): a NOTIFY
             # means the REFER was accepted, so the request's reply goes first.
             call.refer["accepted"] = True
+            call.save(ctx)
             send(ctx, call.owner, "transferAccepted", {"callId": call.call_id}, call.refer["request_id"])
         send(ctx, call.owner, "transferProgress", {"callId": call.call_id, "status": status, "reason": reason})
         if status >= 200:
@@ -165,7 +177,7 @@ def on_remote_refer(ctx: Context, sip_call_id: str, from_tag: str, to_tag: str, 
             target = validate_dn(m.group(1) if m else "", "target")
         except GatewayError:
             return 400
-        call.refer_in = {"target": target}
+        call.refer_in = {"target": target, "deadline": ctx.clock() + TRANSFER_REQUEST_TIMEOUT, "placed": False}
         call.save(ctx)
         ctx.log.info("transfer requested call=%s target=%s", call.call_id, target)
         send(ctx, call.owner, "transferRequested", {"callId": call.call_id, "target": target})
@@ -191,12 +203,14 @@ def _notify(ctx: Context, call: Call, status: int, reason: str) -> None:
 
 def check_referred_by(ctx: Context, conn: ConnRef, referred_by: str) -> str:
     """The key of the call whose REFER a new `call` answers; invalid_state if there is none."""
-    original = Call.load(ctx, call_key(conn, referred_by))
-    if original is None:
-        raise GatewayError(errors.NO_SUCH_CALL, f"no call {referred_by} on this connection")
-    if not original.refer_in:
-        raise GatewayError(errors.INVALID_STATE, f"call {referred_by} has no transfer request")
-    return original.key
+    with locked(ctx, call_key(conn, referred_by)) as original:
+        if original is None:
+            raise GatewayError(errors.NO_SUCH_CALL, f"no call {referred_by} on this connection")
+        if not original.refer_in:
+            raise GatewayError(errors.INVALID_STATE, f"call {referred_by} has no transfer request")
+        original.refer_in["placed"] = True
+        original.save(ctx)
+        return original.key
 
 
 def referred_call_progress(ctx: Context, original_key: str, status: int, reason: str) -> None:
