@@ -15,11 +15,6 @@ from harness.wsclient import WsClient
 
 
 
-@pytest.fixture(scope="session")
-def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("gw")
-
-
 @pytest.fixture(scope="module")
 def embedded_gateway(workdir: Path) -> Iterator[Gateway]:
     """One embedded-registrar gateway shared by a test module."""
