@@ -121,13 +121,13 @@ export class GatewayClient extends EventTarget {
       if (this.#cred) this.register(...this.#cred).catch(warn);
     };
     ws.onmessage = (e) => this.#recv(e.data);
-    ws.onclose = () => this.#closed();
+    ws.onclose = ws.onerror = () => this.#closed(); // error: a failed connection (always followed by close in browsers)
   }
 
   #closed() {
     const ws = this.#ws;
     if (!ws) return;
-    ws.onopen = ws.onmessage = ws.onclose = null;
+    ws.onopen = ws.onmessage = ws.onclose = ws.onerror = null;
     if (ws.readyState < 2) ws.close();
     this.#ws = null;
     clearInterval(this.#ping);
@@ -448,10 +448,13 @@ export class GatewayClient extends EventTarget {
     const pc = c.pc, o = this.o, t0 = now();
     let done, grace;
     const ready = new Promise((r) => (done = r)), cap = setTimeout(done, o.iceCapMs);
-    pc.onicecandidate = (e) => e.candidate?.candidate && !grace && (grace = setTimeout(done, o.iceGraceMs));
+    const go = () => (grace ||= setTimeout(done, o.iceGraceMs));
+    pc.onicecandidate = (e) => e.candidate?.candidate && ((c.ic = 1), go());
     pc.onicegatheringstatechange = () => pc.iceGatheringState == 'complete' && done();
     await pc.setLocalDescription();
+    // Complete: ready now. A re-offer while the first gathering still runs gets no new candidates.
     if (pc.iceGatheringState == 'complete') done();
+    else if (c.ic) go();
     await ready;
     clearTimeout(cap);
     clearTimeout(grace);
