@@ -29,7 +29,7 @@ from .sdp_policy import NoAllowedCodec, apply_codec_policy
 from .sip_headers import header_block, name_addr, new_call_id, new_tag, validate_dn, validate_token
 from .sip_port import OutgoingRequest, SipReply
 from .store import CALLS, CALLS_BY_SIP_ID, get_json, put_json
-from . import session_timer
+from . import media, session_timer
 
 # States
 CALLING = "calling"  # INVITE sent, nothing heard yet
@@ -157,6 +157,7 @@ class Call:
     se_due: float = 0.0
     display_name: str = ""
     conference: dict | None = None  # this call is the agent's leg into a bridge (conference.py)
+    media_stats: dict | None = None  # what the media relay saw, once the call's media ended
     retried_422: bool = False
 
     @property
@@ -301,6 +302,10 @@ def _place_call(ctx: Context, conn: ConnRef, request_id: str | None, req: CallPa
         deadline=now + ctx.config.sip_timeout, nexthop=decision.nexthop, local_sdp=filtered.sdp,
         referred_by=referred_by, display_name=reg.display_name, conference=conference,
     )
+    try:
+        call.local_sdp = media.offer_sdp(ctx, call, filtered.sdp, from_browser=True)
+    except GatewayError as exc:
+        return fail(503, exc.reason)
     ctx.log.info("call out call=%s sip_call_id=%s from=%s to=%s route=%s", call.call_id, call.sip_call_id, dn, req.to, decision.kind)
     if not _send_invite(ctx, call, ctx.config.session_expires, ctx.config.min_se):
         call.forget(ctx)
@@ -356,7 +361,10 @@ def on_invite_reply(ctx: Context, call: Call, reply: SipReply) -> None:
         if reply.status == 100:
             return
         if reply.status == 183 and reply.body:
-            send(ctx, conn, "progress", {"callId": call.call_id, "sdp": reply.body})
+            call.remote_tag = reply.to_tag or call.remote_tag
+            sdp = _relay_answer(ctx, call, reply.body)
+            if sdp is not None:
+                send(ctx, conn, "progress", {"callId": call.call_id, "sdp": sdp})
         elif reply.status in (180, 181, 182, 183):
             send(ctx, conn, "ringing", {"callId": call.call_id})
         return
@@ -375,15 +383,21 @@ def on_invite_reply(ctx: Context, call: Call, reply: SipReply) -> None:
         call.remote_sdp = reply.body
         _start_session_timer(ctx, call, reply.header("session-expires"), we_are="uac")
         request_id, call.request_id = call.request_id, None
+        browser_sdp = _relay_answer(ctx, call, reply.body)
+        if browser_sdp is None:  # the relay failed: the call cannot have media
+            _send_bye(ctx, call)
+            send(ctx, conn, "callFailed", {"callId": call.call_id, "code": 503, "reason": "server_error"}, request_id)
+            return
         call.save(ctx)
         ctx.log.info("call answered call=%s sip_call_id=%s", call.call_id, call.sip_call_id)
-        send(ctx, conn, "callAccepted", {"callId": call.call_id, "sdp": reply.body, "codecs": call.codecs}, request_id)
+        send(ctx, conn, "callAccepted", {"callId": call.call_id, "sdp": browser_sdp, "codecs": call.codecs}, request_id)
         if call.conference:
             from . import conference
 
             conference.bridge_answered(ctx, call)
         return
     # final failure
+    media.end(ctx, call)
     if reply.status == 422 and not call.retried_422 and call.state != CANCELLING:
         # RFC 4028 6: retry once with the interval the far end requires.
         min_se = max(session_timer.parse_min_se(reply.header("min-se")) or 0, ctx.config.min_se)
@@ -448,10 +462,19 @@ def send_in_dialog(ctx: Context, call: Call, method: str, extra: list[tuple[str,
     return call.local_cseq
 
 
+def _relay_answer(ctx: Context, call: Call, sdp: str) -> str | None:
+    """The far end's answer as the browser gets it (through the media relay, if any)."""
+    try:
+        return media.answer_sdp(ctx, call, sdp, from_browser=False)
+    except GatewayError:
+        return None
+
+
 def _send_bye(ctx: Context, call: Call) -> None:
     from . import midcall
 
     midcall.fail_pending(ctx, call)
+    media.end(ctx, call)
     call.state = ENDING
     call.deadline = ctx.clock() + 32
     send_in_dialog(ctx, call, "BYE")
@@ -485,6 +508,7 @@ def _cancel(ctx: Context, call: Call) -> None:
     tm gives up on its own fr_timer (= GW_SIP_TIMEOUT), so wait that long, not 32 s."""
     call.deadline = ctx.clock() + (ctx.config.sip_timeout if call.state == CALLING else 32)
     call.state = CANCELLING
+    media.end(ctx, call)
     call.save(ctx)
     ctx.sip.cancel(call.sip_call_id, call.invite_cseq)
     if call.referred_by:
@@ -515,7 +539,7 @@ def _hangup(ctx: Context, conn: ConnRef, request_id: str | None, req: CallIdPayl
     else:
         raise GatewayError(errors.INVALID_STATE, f"call {req.call_id} is already ending")
     ctx.log.info("call hangup call=%s state=%s", call.call_id, call.state)
-    send(ctx, conn, "callEnded", {"callId": call.call_id, "by": "local", "reason": req.reason or "hangup"}, request_id)
+    send(ctx, conn, "callEnded", media.ended_payload(call, "local", req.reason or "hangup"), request_id)
 
 
 # ---- inbound ----
@@ -604,7 +628,15 @@ def ring_inbound(ctx: Context, invite: InboundInvite, t_index: int, t_label: int
         for call in tabs:
             call.se_interval, call.se_refresher = se.interval, refresher
             call.save(ctx)
-    incoming = {"callId": call_id, "from": invite.from_user, "displayName": invite.display_name, "sdp": invite.sdp}
+    try:
+        browser_sdp = media.offer_sdp(ctx, tabs[0], invite.sdp, from_browser=False)
+    except GatewayError:
+        for call in tabs:
+            call.forget(ctx)
+        ctx.store.delete(CALLS_BY_SIP_ID, _forks_key(tabs[0]))
+        ctx.sip.reply_suspended(t_index, t_label, 503, "Service Unavailable", "", "")
+        return
+    incoming = {"callId": call_id, "from": invite.from_user, "displayName": invite.display_name, "sdp": browser_sdp}
     for call in tabs:
         if not ctx.send(call.owner, protocol.message("incomingCall", incoming)):
             # This tab cannot be alerted (gone, or the frame is too large): do not ring into the void.
@@ -621,6 +653,7 @@ def _leave_ringing(ctx: Context, call: Call, code: int, reason: str) -> None:
         _set_forks(ctx, call, remaining)
     if not remaining:
         ctx.sip.reply_suspended(call.t_index, call.t_label, code, reason, "", "")
+        media.end(ctx, call)
 
 
 def _end_all_forks(ctx: Context, call: Call, msg_type: str, payload_extra: dict) -> None:
@@ -634,6 +667,7 @@ def _end_all_forks(ctx: Context, call: Call, msg_type: str, payload_extra: dict)
                 send(ctx, fork.owner, msg_type, {"callId": fork.call_id, **payload_extra})
         ctx.store.delete(CALLS_BY_SIP_ID, _forks_key(call))
         ctx.store.delete(CALLS_BY_SIP_ID, call.leg_key)
+    media.end(ctx, call)
 
 
 def answer(ctx: Context, conn: ConnRef, request_id: str | None, req: CallIdPayload) -> None:
@@ -654,7 +688,8 @@ def _answer(ctx: Context, conn: ConnRef, request_id: str | None, req: CallIdPayl
     if call.se_interval:
         refresher = "uas" if call.se_refresher == "local" else "uac"
         headers += f"Session-Expires: {call.se_interval};refresher={refresher}\r\nRequire: timer\r\n"
-    local_tag = ctx.sip.reply_suspended(call.t_index, call.t_label, 200, "OK", headers, filtered.sdp)
+    sip_sdp = media.answer_sdp(ctx, call, filtered.sdp, from_browser=True)
+    local_tag = ctx.sip.reply_suspended(call.t_index, call.t_label, 200, "OK", headers, sip_sdp)
     if local_tag is None:
         # The caller's CANCEL (or another tab) won the race: stop every tab of this call.
         _end_all_forks(ctx, call, "callCancelled", {})
@@ -669,7 +704,7 @@ def _answer(ctx: Context, conn: ConnRef, request_id: str | None, req: CallIdPayl
     call.local_tag = local_tag or call.local_tag
     call.state = CONFIRMED
     call.codecs = filtered.codecs
-    call.local_sdp = filtered.sdp
+    call.local_sdp = sip_sdp
     call.answered_at = ctx.clock()
     restart_session_timer(ctx, call)
     call.save(ctx)
@@ -702,11 +737,12 @@ def _on_remote_bye(ctx: Context, call: Call | None) -> int:
     if call is None:
         return 481
     midcall.fail_pending(ctx, call)
+    media.end(ctx, call)
     call.forget(ctx)
     if call.state == ENDING:
         return 200  # the BYEs crossed: the browser already got callEnded
     ctx.log.info("call ended by remote call=%s", call.call_id)
-    send(ctx, call.owner, "callEnded", {"callId": call.call_id, "by": "remote", "reason": "bye"})
+    send(ctx, call.owner, "callEnded", media.ended_payload(call, "remote", "bye"))
     return 200
 
 

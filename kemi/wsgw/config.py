@@ -49,6 +49,11 @@ class GatewayConfig:
     min_se: int = 90
     # Conference bridge URI; "{room}" is replaced by a fresh room name (conference.py).
     conference_uri: str = ""
+    # Media: "passthrough" (SDP goes through, codec policy only) or "rtpengine" (media.py).
+    media: str = "passthrough"
+    rtpengine: str = "udp:127.0.0.1:2223"
+    # Where the echo test extension (routing.ECHO_EXTENSION) goes; empty = no echo test.
+    echo_uri: str = ""
     extra: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -86,4 +91,7 @@ class GatewayConfig:
             session_expires=_int(env, "GW_SESSION_EXPIRES", 1800),
             min_se=_int(env, "GW_MIN_SE", 90),
             conference_uri=_conference_uri(env.get("GW_CONFERENCE_URI", "").strip()),
+            media=env.get("GW_MEDIA", "passthrough").strip() or "passthrough",
+            rtpengine=env.get("GW_RTPENGINE", "udp:127.0.0.1:2223").strip(),
+            echo_uri=env.get("GW_ECHO_URI", "").strip(),
         )

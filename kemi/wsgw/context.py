@@ -5,13 +5,16 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from .config import GatewayConfig
 from .connections import ConnRef
 from .sip_port import Outbox, SipPort
 from .store import Store
 from .subscribers import Subscribers
+
+if TYPE_CHECKING:
+    from .media import MediaRelay
 
 
 @dataclass
@@ -21,6 +24,7 @@ class Context:
     outbox: Outbox
     sip: SipPort
     subscribers: Subscribers | None = None
+    media: "MediaRelay | None" = None  # None = passthrough (see media.py)
     clock: Callable[[], float] = time.time
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("wsgw"))
 

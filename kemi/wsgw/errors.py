@@ -14,6 +14,7 @@ RATE_LIMITED = "rate_limited"
 NO_SUCH_CALL = "no_such_call"
 INVALID_STATE = "invalid_state"
 PEER_REJECTED = "peer_rejected"
+MEDIA_UNAVAILABLE = "media_unavailable"
 INTERNAL = "internal"
 
 ALL_CODES = (
@@ -29,6 +30,7 @@ ALL_CODES = (
     NO_SUCH_CALL,
     INVALID_STATE,
     PEER_REJECTED,
+    MEDIA_UNAVAILABLE,
     INTERNAL,
 )
 

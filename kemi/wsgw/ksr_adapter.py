@@ -19,6 +19,7 @@ from .config import GatewayConfig
 from .connections import ConnRef
 from .context import Context
 from .sip_port import OutgoingRequest, SipReply
+from .media import relay_from_config
 from .subscribers import load_subscribers
 
 _SIP_FIRST_LINE = re.compile(r"^(?:[A-Z]+ \S+ SIP/2\.0|SIP/2\.0 \d{3} )")
@@ -136,6 +137,7 @@ class Gateway:
             outbox=WsOutbox(),
             sip=TmSipPort(config.sip_socket),
             subscribers=subscribers,
+            media=relay_from_config(config.media, config.rtpengine, config.codecs),
             log=log,
         )
 

@@ -14,7 +14,7 @@ import random
 import re
 from dataclasses import dataclass
 
-from . import errors, protocol
+from . import errors, media, protocol
 from .calls import (CONFIRMED, Call, _contact_uri, _send_bye, contact, key_for_request, locked, own_call,
                     restart_session_timer, sdp_field, send, send_in_dialog)
 from .connections import ConnRef
@@ -98,7 +98,8 @@ def _reinvite(ctx: Context, conn: ConnRef, request_id: str | None, req: SdpPaylo
         if call.reinvite or call.update_in:
             raise GatewayError(errors.INVALID_STATE, "another offer/answer exchange is in progress on this call")
         filtered = _filtered(ctx, req.sdp)
-        call.reinvite = {"op": op, "request_id": request_id, "sdp": filtered.sdp, "cseq": 0, "sent_at": 0.0,
+        sdp = media.offer_sdp(ctx, call, filtered.sdp, from_browser=True)
+        call.reinvite = {"op": op, "request_id": request_id, "sdp": sdp, "cseq": 0, "sent_at": 0.0,
                          "retry_at": 0.0, "attempts": 0}
         _send_reinvite(ctx, call)
 
@@ -135,7 +136,12 @@ def on_reinvite_reply(ctx: Context, call: Call, reply: SipReply) -> None:
         ctx.log.info("reinvite done call=%s op=%s", call.call_id, pending["op"])
         if pending["op"] != "refresh":
             done = {"hold": "held", "resume": "resumed"}[pending["op"]]
-            send(ctx, call.owner, done, {"callId": call.call_id, "sdp": reply.body}, pending["request_id"])
+            try:
+                browser_sdp = media.answer_sdp(ctx, call, reply.body, from_browser=False) if reply.body else ""
+            except GatewayError as exc:
+                ctx.send(call.owner, protocol.error_message(exc.code, exc.reason, pending["request_id"], pending["op"]))
+                return
+            send(ctx, call.owner, done, {"callId": call.call_id, "sdp": browser_sdp}, pending["request_id"])
     elif reply.status == 491 and pending["attempts"] < MAX_491_RETRIES:
         pending["attempts"] += 1
         pending["retry_at"] = ctx.clock() + glare_backoff(call)
@@ -181,7 +187,7 @@ def session_timer_due(ctx: Context, call: Call) -> None:
 def _session_expired(ctx: Context, call: Call, reason: str, reason_word: str = "session_expired") -> None:
     ctx.log.info("call ended by the gateway call=%s: %s", call.call_id, reason)
     _send_bye(ctx, call)
-    send(ctx, call.owner, "callEnded", {"callId": call.call_id, "by": "local", "reason": reason_word})
+    send(ctx, call.owner, "callEnded", media.ended_payload(call, "local", reason_word))
 
 
 def fail_pending(ctx: Context, call: Call, reason: str = "the call ended") -> None:
@@ -297,9 +303,15 @@ def offer_update(ctx: Context, inv: Reinvite, t_index: int, t_label: int) -> Non
             return
         call.update_in = {"t_index": t_index, "t_label": t_label, "offer": inv.sdp,
                           "deadline": ctx.clock() + ctx.config.update_timeout}
+        try:
+            browser_sdp = media.offer_sdp(ctx, call, inv.sdp, from_browser=False)
+        except GatewayError:
+            call.update_in = None
+            ctx.sip.reply_suspended(t_index, t_label, 500, "Server Internal Error", "", "")
+            return
         call.save(ctx)
         ctx.log.info("reinvite in call=%s", call.call_id)
-        send(ctx, call.owner, "updateOffer", {"callId": call.call_id, "sdp": inv.sdp})
+        send(ctx, call.owner, "updateOffer", {"callId": call.call_id, "sdp": browser_sdp})
 
 
 def update_answer(ctx: Context, conn: ConnRef, request_id: str | None, req: SdpPayload) -> None:
@@ -307,7 +319,7 @@ def update_answer(ctx: Context, conn: ConnRef, request_id: str | None, req: SdpP
         if not call.update_in:
             raise GatewayError(errors.INVALID_STATE, f"no updateOffer is waiting for an answer on call {req.call_id}")
         filtered = _filtered(ctx, req.sdp)
-        sent = _answer_update(ctx, call, filtered.sdp)
+        sent = _answer_update(ctx, call, media.answer_sdp(ctx, call, filtered.sdp, from_browser=True))
         send(ctx, conn, "updated", {"callId": call.call_id, "sdp": filtered.sdp} if sent else {"callId": call.call_id},
              request_id)
 

@@ -48,9 +48,16 @@ PREFIX_RULES: tuple[PrefixRule, ...] = (
 )
 
 
+# The echo test: calling it plays your own audio back (GW_ECHO_URI; `make run` starts one).
+ECHO_EXTENSION = "9196"
+
+
 def route(dialled: str, config: GatewayConfig, rules: tuple[PrefixRule, ...] = PREFIX_RULES,
           refused: tuple[str, ...] = REFUSED_PREFIXES) -> RouteDecision:
     """Decide where `dialled` (already validated by sip_headers.validate_dn) goes."""
+    if dialled == ECHO_EXTENSION and config.echo_uri:
+        return RouteDecision(kind="trunk", number=dialled, ruri=config.echo_uri,
+                             nexthop="sip:" + config.echo_uri.split("@", 1)[-1])
     if any(dialled.startswith(p) for p in refused):
         return RouteDecision(kind="refused", number=dialled, code=403, reason="Forbidden by dial plan")
     for rule in rules:

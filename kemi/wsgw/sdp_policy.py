@@ -134,3 +134,24 @@ def bump_version(sdp: str) -> str:
     if origin:
         origin["sessionVersion"] = int(origin.get("sessionVersion", 0)) + 1
     return _write(session)
+
+
+# Attributes only WebRTC endpoints understand; plain SIP peers get SDP without them.
+_WEBRTC_SESSION_KEYS = ("extmapAllowMixed", "msidSemantic", "groups", "iceUfrag", "icePwd", "fingerprint",
+                        "iceOptions", "setup")
+_WEBRTC_MEDIA_KEYS = ("msid", "ssrcs", "ssrcGroups", "rtcpFb", "rtcpFbTrrInt", "ext", "extmapAllowMixed",
+                      "iceUfrag", "icePwd", "fingerprint", "setup", "candidates", "endOfCandidates", "iceOptions",
+                      "rtcpMux", "rtcpRsize")
+
+
+def strip_webrtc_attributes(sdp: str) -> str:
+    """The SDP a media relay produced for the SIP side, without WebRTC-only attributes."""
+    session = sdp_transform.parse(sdp)
+    for key in _WEBRTC_SESSION_KEYS:
+        session.pop(key, None)
+    for media in session.get("media", []):
+        for key in _WEBRTC_MEDIA_KEYS:
+            media.pop(key, None)
+        if "invalid" in media:
+            media["invalid"] = [a for a in media["invalid"] if not str(a.get("value", "")).startswith("candidate:")]
+    return _write(session)

@@ -19,7 +19,7 @@ import re
 from dataclasses import dataclass
 from urllib.parse import quote
 
-from . import errors, protocol
+from . import errors, media, protocol
 from .calls import (CONFIRMED, Call, call_key, contact, key_for_request, locked, own_call, send, send_in_dialog,
                     _send_bye)
 from .connections import ConnRef
@@ -156,7 +156,7 @@ def on_remote_notify(ctx: Context, sip_call_id: str, from_tag: str, to_tag: str,
             if status < 300 and call.state == CONFIRMED:
                 ctx.log.info("transfer done call=%s", call.call_id)
                 _send_bye(ctx, call)
-                send(ctx, call.owner, "callEnded", {"callId": call.call_id, "by": "local", "reason": "transferred"})
+                send(ctx, call.owner, "callEnded", media.ended_payload(call, "local", "transferred"))
             else:
                 call.save(ctx)
         return 200
