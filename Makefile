@@ -10,7 +10,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 DEB_PACKAGES := kamailio kamailio-python3-modules kamailio-websocket-modules \
 	kamailio-tls-modules kamailio-utils-modules kamailio-extra-modules \
-	sip-tester python3 python3-venv python3-pip
+	sip-tester rtpengine-daemon python3 python3-venv python3-pip
 # Browser tests: Debian's Chromium (Playwright drives it; no browser download) and
 # Node.js for the client build (esbuild from the npm registry).
 TEST_DEB_PACKAGES := chromium fonts-dejavu-core
@@ -51,7 +51,7 @@ $(CLIENT_MIN): client/webrtc-custom.js client/package.json client/package-lock.j
 	cd client && npm ci --no-audit --no-fund --loglevel=error && npm run --silent build
 
 run: deps
-	./kamailio/run-gateway.sh
+	./kamailio/run-demo.sh
 
 test: TEST_DEPS := 1
 test: deps

@@ -352,8 +352,10 @@ def on_invite_reply(ctx: Context, call: Call, reply: SipReply) -> None:
         transfer.referred_call_progress(ctx, call.referred_by, reply.status, reply.reason)
     conn = call.owner
     if reply.status < 200:
-        if call.state == CANCELLING:
-            return  # the browser hung up already
+        if call.state not in (CALLING, RINGING):
+            # The browser hung up already, or the 200 was handled first: replies of one call
+            # may be handled by different workers, so a 180 can lose the race with its 200.
+            return
         if call.state == CALLING:
             call.state = RINGING
             call.deadline = ctx.clock() + ctx.config.ring_timeout
