@@ -513,11 +513,26 @@ def _cancel(ctx: Context, call: Call) -> None:
     media.end(ctx, call)
     call.save(ctx)
     ctx.sip.cancel(call.sip_call_id, call.invite_cseq)
+    _cancel_looped_leg(ctx, call)
     if call.referred_by:
         from . import transfer
 
         # The referrer's subscription ends too (no 487 reply will be reported after CANCELLING).
         transfer.referred_call_progress(ctx, call.referred_by, 487, "Request Terminated")
+
+
+def _cancel_looped_leg(ctx: Context, call: Call) -> None:
+    """A call to a DN of this gateway loops back in as an inbound leg with the same Call-ID
+    and CSeq, so tm's CANCEL-by-Call-ID may pick the held inbound transaction instead of
+    ours. Do for that leg what the CANCEL would do: 487 to the INVITE, callCancelled to the tabs."""
+    own = f"sip:{ctx.config.listen_ip}:{ctx.config.sip_port}"
+    if call.nexthop != own:
+        return
+    with locked(ctx, ctx.store.get(CALLS_BY_SIP_ID, leg_key("inbound", call.sip_call_id, call.local_tag))) as leg:
+        if leg is not None and leg.state == RINGING:
+            ctx.sip.reply_suspended(leg.t_index, leg.t_label, 487, "Request Terminated", "", "")
+            ctx.log.info("call cancelled by caller call=%s (looped leg)", leg.call_id)
+            _end_all_forks(ctx, leg, "callCancelled", {})
 
 
 def hangup(ctx: Context, conn: ConnRef, request_id: str | None, req: CallIdPayload) -> None:

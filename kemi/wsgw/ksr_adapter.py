@@ -152,7 +152,10 @@ class Gateway:
             return 1  # SIP over WebSocket (legacy clients): normal SIP processing
         conn = ConnRef(int(proto), str(KSR.pv.get("$rcv(srcip)")), int(KSR.pv.get("$rcv(srcport)")))
         handlers.dispatch(self.ctx, conn, buf)
-        # The buffer now fails SIP parsing and is dropped by event_route[nosip:msg].
+        # The core now tries to parse the buffer as SIP, fails (logging it) and hands it to
+        # event_route[nosip:msg], which drops it. Shrink it first so that frames (passwords,
+        # SDP) never reach the log.
+        KSR.pv.sets("$rcv(buf)", "{}")
         return 1
 
     def on_websocket_closed(self) -> None:

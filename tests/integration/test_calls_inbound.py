@@ -130,3 +130,16 @@ def test_caller_cancel_stops_every_tab(embedded_gateway, client_factory, tmp_pat
         tab1.wait_for("callCancelled", callId=call_id)
         tab2.wait_for("callCancelled", callId=call_id)
         assert sipp.wait(15) == 0, sipp.describe()
+
+
+def test_json_to_json_call_hung_up_while_ringing_stops_the_callee(embedded_gateway, client_factory):
+    alice, bob = client_factory(embedded_gateway), client_factory(embedded_gateway)
+    assert alice.register("5006", PASSWORDS["5006"])["type"] == "registered"
+    assert bob.register("5007", PASSWORDS["5007"])["type"] == "registered"
+    request_id = alice.send("call", {"to": "5007", "callId": "r1", "sdp": CHROME_OFFER})
+    call_id = bob.wait_for("incomingCall")["payload"]["callId"]
+    alice.wait_for("ringing", callId="r1")
+    assert alice.request("hangup", {"callId": "r1"})["type"] == "callEnded"
+    assert alice.wait(lambda m: m.get("id") == request_id)["payload"]["reason"] == "cancelled"
+    bob.wait_for("callCancelled", timeout=5, callId=call_id)
+    assert embedded_gateway.wait_log("call cancelled by caller call=" + call_id, timeout=5)

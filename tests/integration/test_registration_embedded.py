@@ -72,3 +72,11 @@ def test_http_health(embedded_gateway):
 
     with urllib.request.urlopen(embedded_gateway.http_url + "/health", timeout=5) as resp:
         assert json.loads(resp.read())["status"] == "up"
+
+
+def test_passwords_and_frames_never_reach_the_log(embedded_gateway, client_factory):
+    client = client_factory(embedded_gateway)
+    assert client.register("5007", PASSWORDS["5007"])["type"] == "registered"
+    client.request("ping")
+    assert embedded_gateway.wait_log("registered dn=5007")
+    assert PASSWORDS["5007"] not in embedded_gateway.log_text()
