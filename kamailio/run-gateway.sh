@@ -34,6 +34,7 @@ exec "$KAMAILIO" \
     -l "tcp:$GW_LISTEN_IP:$GW_WS_PORT" \
     -A "GW_KEMI_SCRIPT=\"$ROOT/kemi/gateway.py\"" \
     -A "GW_CHILDREN=$GW_CHILDREN" \
+    -A "GW_SIP_RATE=${GW_SIP_RATE:-500}" \
     -A "GW_SIP_TIMEOUT_MS=$((GW_SIP_TIMEOUT * 1000))" \
     -A "GW_RING_TIMEOUT_MS=$(((GW_RING_TIMEOUT + 10) * 1000))" \
     "$@"

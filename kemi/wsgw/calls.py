@@ -29,7 +29,7 @@ from .sdp_policy import NoAllowedCodec, apply_codec_policy
 from .sip_headers import header_block, name_addr, new_call_id, new_tag, validate_dn, validate_token
 from .sip_port import OutgoingRequest, SipReply
 from .store import CALLS, CALLS_BY_SIP_ID, get_json, put_json
-from . import media, session_timer
+from . import limits, media, session_timer
 
 # States
 CALLING = "calling"  # INVITE sent, nothing heard yet
@@ -261,6 +261,7 @@ def place_call(ctx: Context, conn: ConnRef, request_id: str | None, req: CallPay
     # the registrar accepted may call (the PBX trusts the gateway's INVITEs).
     if reg is None or reg.state != registrations.REGISTERED or conn.key not in reg.all_conns():
         raise GatewayError(errors.NOT_REGISTERED, "register before calling")
+    limits.check_call_limit(ctx, conn.key)
     key = call_key(conn, req.call_id)
     with ctx.store.lock(CALLS, key):
         _place_call(ctx, conn, request_id, req, reg, key, decision or route(req.to, ctx.config), conference)
@@ -308,6 +309,7 @@ def _place_call(ctx: Context, conn: ConnRef, request_id: str | None, req: CallPa
         return fail(503, exc.reason)
     ctx.log.info("call out call=%s sip_call_id=%s from=%s to=%s route=%s", call.call_id, call.sip_call_id, dn, req.to, decision.kind)
     if not _send_invite(ctx, call, ctx.config.session_expires, ctx.config.min_se):
+        media.end(ctx, call)
         call.forget(ctx)
         fail(503, "INVITE could not be sent")
 
@@ -399,7 +401,6 @@ def on_invite_reply(ctx: Context, call: Call, reply: SipReply) -> None:
             conference.bridge_answered(ctx, call)
         return
     # final failure
-    media.end(ctx, call)
     if reply.status == 422 and not call.retried_422 and call.state != CANCELLING:
         # RFC 4028 6: retry once with the interval the far end requires.
         min_se = max(session_timer.parse_min_se(reply.header("min-se")) or 0, ctx.config.min_se)
@@ -409,6 +410,7 @@ def on_invite_reply(ctx: Context, call: Call, reply: SipReply) -> None:
         ctx.log.info("call 422 call=%s retry with Session-Expires %d", call.call_id, min_se)
         if _send_invite(ctx, call, max(min_se, ctx.config.session_expires), min_se):
             return
+    media.end(ctx, call)
     call.forget(ctx)
     if call.state == CANCELLING:
         return  # the browser already got callEnded
@@ -740,7 +742,7 @@ def _reject(ctx: Context, conn: ConnRef, request_id: str | None, req: CallIdPayl
     reasons = {486: "Busy Here", 603: "Decline", 480: "Temporarily Unavailable"}
     # With other tabs still ringing, only this tab stops.
     _leave_ringing(ctx, call, req.code, reasons[req.code])
-    send(ctx, conn, "callEnded", {"callId": call.call_id, "by": "local", "reason": "rejected"}, request_id)
+    send(ctx, conn, "callEnded", media.ended_payload(call, "local", "rejected"), request_id)
 
 
 def on_remote_bye(ctx: Context, sip_call_id: str, from_tag: str, to_tag: str) -> int:

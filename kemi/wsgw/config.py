@@ -19,6 +19,18 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
         raise ValueError(f"{name} must be an integer, got {raw!r}") from None
 
 
+@dataclass(frozen=True)
+class Limits:
+    """Abuse limits, enforced by limits.py (GW_MAX_* / GW_AUTH_* variables)."""
+
+    max_msg_rate: float = 20.0  # frames per second per connection (sustained)
+    msg_burst: int = 40  # frames allowed in a burst
+    max_calls_per_conn: int = 16
+    max_conns_per_ip: int = 100
+    auth_fail_limit: int = 5  # failed registers per DN or per IP ...
+    auth_lockout: int = 60  # ... lock them out for this many seconds
+
+
 def _conference_uri(value: str) -> str:
     if value:
         try:
@@ -54,6 +66,9 @@ class GatewayConfig:
     rtpengine: str = "udp:127.0.0.1:2223"
     # Where the echo test extension (routing.ECHO_EXTENSION) goes; empty = no echo test.
     echo_uri: str = ""
+    # Abuse limits (limits.py) and the origins allowed to open a WebSocket (empty = any).
+    limits: Limits = field(default_factory=Limits)
+    allowed_origins: tuple[str, ...] = ()
     extra: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -92,6 +107,16 @@ class GatewayConfig:
             min_se=_int(env, "GW_MIN_SE", 90),
             conference_uri=_conference_uri(env.get("GW_CONFERENCE_URI", "").strip()),
             media=env.get("GW_MEDIA", "passthrough").strip() or "passthrough",
-            rtpengine=env.get("GW_RTPENGINE", "udp:127.0.0.1:2223").strip(),
+            rtpengine=env.get("GW_RTPENGINE", "").strip() or "udp:127.0.0.1:2223",
             echo_uri=env.get("GW_ECHO_URI", "").strip(),
+            limits=Limits(
+                max_msg_rate=float(_int(env, "GW_MAX_MSG_RATE", 20)),
+                msg_burst=_int(env, "GW_MSG_BURST", 40),
+                max_calls_per_conn=_int(env, "GW_MAX_CALLS_PER_CONN", 16),
+                max_conns_per_ip=_int(env, "GW_MAX_CONNS_PER_IP", 100),
+                auth_fail_limit=_int(env, "GW_AUTH_FAIL_LIMIT", 5),
+                auth_lockout=_int(env, "GW_AUTH_LOCKOUT", 60),
+            ),
+            allowed_origins=tuple(o.strip().rstrip("/").lower()
+                                  for o in env.get("GW_ALLOWED_ORIGINS", "").split(",") if o.strip()),
         )

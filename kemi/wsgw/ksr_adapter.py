@@ -14,7 +14,7 @@ from typing import Iterator
 
 import KSR  # type: ignore[import-not-found]
 
-from . import calls, handlers, health, midcall, protocol, registrations, static_files, transfer, ws_send
+from . import calls, handlers, health, limits, midcall, protocol, registrations, static_files, transfer, ws_send
 from .config import GatewayConfig
 from .connections import ConnRef
 from .context import Context
@@ -164,6 +164,8 @@ class Gateway:
         self.ctx.log.info("websocket closed conn=%s", conn)
         calls.connection_closed(self.ctx, conn)
         registrations.connection_closed(self.ctx, conn)
+        limits.connection_closed(self.ctx, conn.ip)
+        limits.forget_connection(self.ctx, conn.key)
 
     # -- SIP replies to the gateway's own requests --
 
@@ -209,6 +211,10 @@ class Gateway:
     # -- SIP requests from the network --
 
     def on_sip_request(self) -> int:
+        # SIP-side flood protection: pike blocks a source IP sending too fast (kamailio.cfg).
+        if KSR.pike.pike_check_req() < 0:
+            self.ctx.log.warning("sip flood from %s: dropped", KSR.pv.get("$si"))
+            return 1
         if KSR.maxfwd.process_maxfwd(10) < 0:
             KSR.sl.sl_send_reply(483, "Too Many Hops")
             return 1
@@ -332,7 +338,16 @@ class Gateway:
     def on_http(self) -> int:
         upgrade = str(KSR.pv.get("$hdr(Upgrade)") or "").lower()
         if upgrade == "websocket":
-            KSR.websocket.handle_handshake()
+            origin = str(KSR.pv.get("$hdr(Origin)") or "")
+            ip = str(KSR.pv.get("$si"))
+            if not limits.origin_allowed(self.ctx.config.allowed_origins, origin):
+                self.ctx.log.warning("websocket refused origin=%s ip=%s", origin[:100], ip)
+                KSR.xhttp.xhttp_reply(403, "Forbidden", "text/plain", "origin not allowed\n")
+            elif not limits.connection_opened(self.ctx, ip):
+                self.ctx.log.warning("websocket refused: too many connections from ip=%s", ip)
+                KSR.xhttp.xhttp_reply(429, "Too Many Requests", "text/plain", "too many connections\n")
+            elif KSR.websocket.handle_handshake() < 0:
+                limits.connection_closed(self.ctx, ip)
             return 1
         path = str(KSR.pv.get("$hu") or "/").split("?")[0]
         if path == "/health":

@@ -47,7 +47,9 @@ class RtpEngineRelay:
 
     def delete(self, session: str, from_tag: str, browser_tag: str) -> dict | None:
         # The whole session at once and now (rtpengine otherwise keeps it for delete-delay, 30 s).
-        reply = self.ng.command("delete", **{"call-id": session, "delete-delay": 0})
+        # With a from-tag rtpengine returns both sides' statistics (and still removes the
+        # whole call); without one it answers just "ok".
+        reply = self.ng.command("delete", **{"call-id": session, "from-tag": from_tag, "delete-delay": 0})
         return stats_from_reply(reply, browser_tag).as_dict()
 
 

@@ -16,7 +16,7 @@ import re
 import hmac
 from dataclasses import asdict, dataclass, field
 
-from . import PROTOCOL_VERSION, SERVER_NAME, errors
+from . import PROTOCOL_VERSION, SERVER_NAME, errors, limits
 from . import protocol
 from .connections import ConnRef
 from .context import Context
@@ -104,6 +104,16 @@ def register(ctx: Context, conn: ConnRef, request_id: str | None, req: RegisterP
     current = dn_of_connection(ctx, conn)
     if current is not None:
         raise GatewayError(errors.ALREADY_REGISTERED, f"this connection is already registered as {current}")
+    limits.check_register_lockout(ctx, req.dn, conn.ip)
+    try:
+        _register(ctx, conn, request_id, req)
+    except GatewayError as exc:
+        if exc.code == errors.AUTH_FAILED:
+            limits.register_failed(ctx, req.dn, conn.ip)
+        raise
+
+
+def _register(ctx: Context, conn: ConnRef, request_id: str | None, req: RegisterPayload) -> None:
     with ctx.store.lock(REG, req.dn):
         existing = Registration.load(ctx, req.dn)
         if existing is not None:
@@ -153,6 +163,7 @@ def _register_embedded(ctx: Context, conn: ConnRef, request_id: str | None, req:
     )
     reg.save(ctx)
     put_json(ctx.store, CONN, conn.key, {"dn": req.dn, "since": now})
+    limits.register_succeeded(ctx, req.dn)
     ctx.log.info("registered dn=%s conn=%s mode=embedded", req.dn, conn.key)
     ctx.send(conn, registered_message(reg, request_id))
 
@@ -350,6 +361,7 @@ def _on_register_ok(ctx: Context, reg: Registration, reply: SipReply) -> None:
     reg.save(ctx)
     ctx.log.info("upstream registered dn=%s expires=%d refresh_in=%.1f", reg.dn, expires, reg.refresh_at - now)
     if first:
+        limits.register_succeeded(ctx, reg.dn)
         ctx.send(ConnRef.from_key(reg.conn), registered_message(reg, request_id))
 
 
@@ -365,6 +377,8 @@ def _on_register_failed(ctx: Context, reg: Registration, status: int, reason: st
     ctx.log.warning("register dn=%s failed: %d %s (state %s)", reg.dn, status, reason, reg.state)
     if reg.state == PENDING:
         conn = ConnRef.from_key(reg.conn)
+        if failure_code(status) == errors.AUTH_FAILED:
+            limits.register_failed(ctx, reg.dn, conn.ip)
         ctx.store.delete(CONN, reg.conn)
         _forget(ctx, reg)
         ctx.send(

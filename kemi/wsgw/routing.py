@@ -56,8 +56,11 @@ def route(dialled: str, config: GatewayConfig, rules: tuple[PrefixRule, ...] = P
           refused: tuple[str, ...] = REFUSED_PREFIXES) -> RouteDecision:
     """Decide where `dialled` (already validated by sip_headers.validate_dn) goes."""
     if dialled == ECHO_EXTENSION and config.echo_uri:
-        return RouteDecision(kind="trunk", number=dialled, ruri=config.echo_uri,
-                             nexthop="sip:" + config.echo_uri.split("@", 1)[-1])
+        if "@" in config.echo_uri:
+            return RouteDecision(kind="trunk", number=dialled, ruri=config.echo_uri,
+                                 nexthop="sip:" + config.echo_uri.split("@", 1)[-1])
+        return RouteDecision(kind="trunk", number=dialled, ruri=_with_user(config.echo_uri, dialled),
+                             nexthop=config.echo_uri)
     if any(dialled.startswith(p) for p in refused):
         return RouteDecision(kind="refused", number=dialled, code=403, reason="Forbidden by dial plan")
     for rule in rules:

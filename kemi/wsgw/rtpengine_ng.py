@@ -136,6 +136,10 @@ def stats_from_reply(reply: dict, browser_tag: str) -> MediaStats:
                     bytes_browser += int(stats.get("bytes", 0))
             for ssrc in (media.get("SSRC") or {}).values() if isinstance(media.get("SSRC"), dict) else []:
                 lost += int((ssrc or {}).get("packets lost", 0) or 0)
+    # rtpengine 10.5 reports loss per SSRC at the top level ("cumulative loss").
+    for ssrc in (reply.get("SSRC") or {}).values() if isinstance(reply.get("SSRC"), dict) else []:
+        if isinstance(ssrc, dict):
+            lost += int(ssrc.get("cumulative loss", 0) or 0)
     return MediaStats(to_sip, bytes_sip, to_browser, bytes_browser, lost)
 
 

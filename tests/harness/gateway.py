@@ -55,6 +55,12 @@ class Gateway:
                 "GW_RUN_DIR": str(self.workdir / f"run-{self.ws_port}"),
                 "GW_CHILDREN": "2",
                 "GW_SHM_MB": "256",
+                # Tests share 127.0.0.1 and send fast: abuse limits only where a test sets them.
+                "GW_MAX_MSG_RATE": "10000",
+                "GW_MSG_BURST": "10000",
+                "GW_AUTH_FAIL_LIMIT": "10000",
+                "GW_MAX_CONNS_PER_IP": "10000",
+                "GW_SIP_RATE": "100000",
             }
         )
         env.update(self.env)

@@ -21,10 +21,10 @@ from websockets.sync.client import connect
 class WsClient:
     _ids = itertools.count(1)
 
-    def __init__(self, url: str, timeout: float = 10.0) -> None:
+    def __init__(self, url: str, timeout: float = 10.0, origin: str | None = None) -> None:
         self.timeout = timeout
         # Entered as a context manager, as websockets wants for a long-lived connection.
-        self._cm = connect(url, subprotocols=["sip"], open_timeout=timeout, max_size=2**20)
+        self._cm = connect(url, subprotocols=["sip"], open_timeout=timeout, max_size=2**20, origin=origin)
         self.ws = self._cm.__enter__()
         self.messages: "queue.Queue[dict]" = queue.Queue()
         self.backlog: list[dict] = []  # received but not yet consumed

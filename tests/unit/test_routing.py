@@ -221,3 +221,60 @@ def test_rule_without_strip_keeps_digits(upstream):
 def test_prefix_rule_defaults():
     rule = PrefixRule("0")
     assert (rule.strip, rule.prepend, rule.destination) == (0, "", "upstream")
+
+
+# --- the echo test extension (GW_ECHO_URI) ---------------------------------------------------------
+
+from wsgw.routing import ECHO_EXTENSION  # noqa: E402
+
+ECHO_URI = "sip:9196@127.0.0.1:5099"
+
+
+def test_echo_extension_is_9196():
+    assert ECHO_EXTENSION == "9196"
+
+
+@pytest.mark.parametrize("env", [{}, {"GW_UPSTREAM": "sip:127.0.0.1:5070"}])
+def test_echo_extension_routes_to_gw_echo_uri(env):
+    cfg = GatewayConfig.from_env({**env, "GW_ECHO_URI": ECHO_URI})
+    assert route(ECHO_EXTENSION, cfg) == RouteDecision(
+        kind="trunk", number="9196", ruri="sip:9196@127.0.0.1:5099", nexthop="sip:127.0.0.1:5099")
+
+
+def test_echo_uri_with_another_user_and_params():
+    cfg = GatewayConfig.from_env({"GW_ECHO_URI": "sip:echo@10.0.0.7:5080;transport=udp"})
+    decision = route(ECHO_EXTENSION, cfg)
+    assert (decision.kind, decision.number) == ("trunk", "9196")
+    assert decision.ruri == "sip:echo@10.0.0.7:5080;transport=udp"
+    assert decision.nexthop == "sip:10.0.0.7:5080;transport=udp"
+
+
+def test_without_echo_uri_9196_is_an_ordinary_number(embedded, upstream):
+    assert embedded.echo_uri == "" and upstream.echo_uri == ""
+    assert route(ECHO_EXTENSION, embedded) == RouteDecision(
+        kind="local", number="9196", ruri="sip:9196@127.0.0.1:5060", nexthop="sip:127.0.0.1:5060")
+    assert route(ECHO_EXTENSION, upstream).kind == "upstream"
+
+
+@pytest.mark.parametrize("dialled", ["919", "91960", "09196", "+9196", "9197"])
+def test_only_the_exact_echo_extension_goes_to_the_echo(dialled):
+    cfg = GatewayConfig.from_env({"GW_ECHO_URI": ECHO_URI, "GW_UPSTREAM": "sip:127.0.0.1:5070"})
+    decision = route(dialled, cfg)
+    assert decision.ruri != ECHO_URI
+    assert decision.nexthop != "sip:127.0.0.1:5099"
+
+
+def test_echo_extension_wins_over_prefix_rules_and_refused_prefixes():
+    cfg = GatewayConfig.from_env({"GW_ECHO_URI": ECHO_URI})
+    assert route(ECHO_EXTENSION, cfg, rules=(TRUNK_RULE,)).ruri == ECHO_URI
+    assert route(ECHO_EXTENSION, cfg, refused=("9",)).kind == "trunk"
+    # ... and the same rules still apply to other numbers.
+    assert route("9123", cfg, rules=(TRUNK_RULE,)).ruri == "sip:+49123@10.0.0.5:5060"
+    assert route("9123", cfg, refused=("9",)).kind == "refused"
+
+
+def test_echo_uri_without_user():
+    cfg = GatewayConfig.from_env({"GW_ECHO_URI": "sip:127.0.0.1:5099"})
+    decision = route(ECHO_EXTENSION, cfg)
+    assert decision.nexthop == "sip:127.0.0.1:5099"
+    assert decision.ruri == "sip:9196@127.0.0.1:5099"

@@ -580,3 +580,89 @@ def test_bump_version_keeps_tcp_candidates_and_direction():
     bumped = bump_version(local)
     assert TCP_CANDIDATE in _lines(bumped)
     assert _directions(bumped) == ["sendonly"]
+
+
+# ---- strip_webrtc_attributes (the SDP a media relay produced for the SIP side) ----
+
+from wsgw.sdp_policy import strip_webrtc_attributes  # noqa: E402
+
+# WebRTC-only attribute lines that must not reach a plain SIP peer.
+_WEBRTC_PREFIXES = ("a=group:", "a=extmap-allow-mixed", "a=msid-semantic", "a=msid:", "a=ssrc:", "a=ssrc-group:",
+                    "a=rtcp-fb:", "a=extmap:", "a=ice-ufrag:", "a=ice-pwd:", "a=ice-options:", "a=fingerprint:",
+                    "a=setup:", "a=candidate:", "a=end-of-candidates", "a=rtcp-mux", "a=rtcp-rsize")
+
+# rtpengine 10.5's offer toward SIP for a Chrome offer (toward_sip flags), captured on this machine.
+_RELAY_OFFER = _sdp(
+    "v=0", "o=- 4611731400430051336 2 IN IP4 127.0.0.1", "s=-", "t=0 0", "a=extmap-allow-mixed",
+    "a=msid-semantic: WMS stream", "m=audio 30600 RTP/AVP 0 8 126", "c=IN IP4 127.0.0.1", "a=msid:stream track",
+    "a=ssrc:1001 cname:abc", "a=mid:0", "a=rtpmap:0 PCMU/8000", "a=rtpmap:8 PCMA/8000",
+    "a=rtpmap:126 telephone-event/8000", "a=sendrecv", "a=rtcp:30601",
+)
+
+
+def _webrtc_lines(sdp: str) -> list[str]:
+    return [line for line in _lines(sdp) if line.startswith(_WEBRTC_PREFIXES)]
+
+
+def test_strip_webrtc_attributes_of_rtpengines_offer_exact():
+    assert strip_webrtc_attributes(_RELAY_OFFER) == _sdp(
+        "v=0", "o=- 4611731400430051336 2 IN IP4 127.0.0.1", "s=-", "t=0 0", "m=audio 30600 RTP/AVP 0 8 126",
+        "c=IN IP4 127.0.0.1", "a=rtpmap:0 PCMU/8000", "a=rtpmap:8 PCMA/8000", "a=rtpmap:126 telephone-event/8000",
+        "a=rtcp:30601", "a=sendrecv", "a=mid:0",
+    )
+
+
+def test_strip_webrtc_attributes_of_a_full_browser_offer():
+    assert _webrtc_lines(CHROME_AUDIO_VIDEO_OFFER)  # the input has plenty of them
+    out = strip_webrtc_attributes(CHROME_AUDIO_VIDEO_OFFER)
+    assert _webrtc_lines(out) == []
+    assert out.endswith("\r\n")
+
+
+def test_strip_webrtc_attributes_keeps_media_description():
+    out = strip_webrtc_attributes(CHROME_AUDIO_VIDEO_OFFER)
+    kept = [line for line in _lines(CHROME_AUDIO_VIDEO_OFFER)
+            if line.startswith(("v=", "o=", "s=", "t=", "c=", "m=", "a=rtpmap:", "a=fmtp:", "a=mid:", "a=rtcp:",
+                                "a=sendrecv"))]
+    assert sorted(line for line in _lines(out) if line) == sorted(kept)
+    assert [line for line in _lines(out) if line.startswith("m=")] == [
+        line for line in _lines(CHROME_AUDIO_VIDEO_OFFER) if line.startswith("m=")]
+    assert _attr_lines(out, "a=rtpmap:") == _attr_lines(CHROME_AUDIO_VIDEO_OFFER, "a=rtpmap:")
+
+
+def test_strip_webrtc_attributes_session_level_ice_and_dtls():
+    sdp = _sdp("v=0", "o=- 1 2 IN IP4 127.0.0.1", "s=-", "t=0 0", "a=ice-ufrag:Kq7v",
+               "a=ice-pwd:Xy3bQ8m2Lr9Tz1Wc6Vn4Hd0J", "a=ice-options:trickle",
+               "a=fingerprint:sha-256 4A:AD:B9:B1:3F:82:18:3B", "a=setup:actpass",
+               "m=audio 30600 RTP/AVP 0", "c=IN IP4 127.0.0.1", "a=rtpmap:0 PCMU/8000", "a=sendonly")
+    assert strip_webrtc_attributes(sdp) == _sdp("v=0", "o=- 1 2 IN IP4 127.0.0.1", "s=-", "t=0 0",
+                                                 "m=audio 30600 RTP/AVP 0", "c=IN IP4 127.0.0.1",
+                                                 "a=rtpmap:0 PCMU/8000", "a=sendonly")
+
+
+def test_strip_webrtc_attributes_removes_every_candidate_form():
+    sdp = _sdp(*_SESSION, "m=audio 30600 RTP/AVP 0", "c=IN IP4 127.0.0.1",
+               "a=candidate:1467250027 1 udp 2122260223 192.168.1.23 54400 typ host generation 0",
+               TCP_CANDIDATE, "a=candidate:garbage", "a=end-of-candidates", "a=rtpmap:0 PCMU/8000",
+               "a=ptime:20", "a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVz")
+    out = strip_webrtc_attributes(sdp)
+    assert not [line for line in _lines(out) if "candidate" in line]
+    # Attributes a plain SIP peer understands stay (ptime, SDES crypto).
+    assert "a=ptime:20" in _lines(out)
+    assert "a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVz" in _lines(out)
+
+
+def test_strip_webrtc_attributes_leaves_a_plain_sdp_alone():
+    for phone in (_phone_offer(), _phone_offer("sendonly"), _phone_offer(session_direction="inactive")):
+        assert strip_webrtc_attributes(phone) == phone
+
+
+def test_strip_webrtc_attributes_is_idempotent():
+    once = strip_webrtc_attributes(CHROME_AUDIO_VIDEO_OFFER)
+    assert strip_webrtc_attributes(once) == once
+
+
+def test_strip_webrtc_attributes_keeps_directions():
+    for direction in ("sendonly", "recvonly", "inactive", "sendrecv"):
+        out = strip_webrtc_attributes(_RELAY_OFFER.replace("a=sendrecv", f"a={direction}"))
+        assert _directions(out) == [direction]
