@@ -10,7 +10,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 DEB_PACKAGES := kamailio kamailio-python3-modules kamailio-websocket-modules \
 	kamailio-tls-modules kamailio-utils-modules kamailio-extra-modules \
-	sip-tester rtpengine-daemon python3 python3-venv python3-pip
+	sip-tester rtpengine-daemon openssl python3 python3-venv python3-pip
 # Browser tests: Debian's Chromium (Playwright drives it; no browser download) and
 # Node.js for the client build (esbuild from the npm registry).
 TEST_DEB_PACKAGES := chromium fonts-dejavu-core

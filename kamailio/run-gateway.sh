@@ -23,6 +23,32 @@ KAMAILIO="${KAMAILIO:-/usr/sbin/kamailio}"
 
 mkdir -p "$GW_RUN_DIR"
 
+# WSS (optional): a TLS listener on GW_WSS_PORT with GW_TLS_CERT / GW_TLS_KEY, or a
+# self-signed pair made here on first use (fine for trying it, not for production).
+TLS_ARGS=()
+if [ -n "${GW_WSS_PORT:-}" ]; then
+    GW_TLS_CERT="${GW_TLS_CERT:-$GW_RUN_DIR/self-signed.crt}"
+    GW_TLS_KEY="${GW_TLS_KEY:-$GW_RUN_DIR/self-signed.key}"
+    if [ ! -s "$GW_TLS_CERT" ] || [ ! -s "$GW_TLS_KEY" ]; then
+        openssl req -x509 -newkey rsa:2048 -nodes -days 365 -subj "/CN=$GW_LISTEN_IP" \
+            -keyout "$GW_TLS_KEY" -out "$GW_TLS_CERT" >/dev/null 2>&1
+    fi
+    cat > "$GW_RUN_DIR/tls.cfg" <<TLS
+[server:default]
+method = TLSv1.2+
+verify_certificate = no
+require_certificate = no
+certificate = $GW_TLS_CERT
+private_key = $GW_TLS_KEY
+
+[client:default]
+method = TLSv1.2+
+verify_certificate = no
+require_certificate = no
+TLS
+    TLS_ARGS=(-l "tls:$GW_LISTEN_IP:$GW_WSS_PORT" -A WITH_TLS -A "GW_TLS_CFG=\"$GW_RUN_DIR/tls.cfg\"")
+fi
+
 exec "$KAMAILIO" \
     -f "$ROOT/kamailio/kamailio.cfg" \
     -DD -E \
@@ -37,4 +63,5 @@ exec "$KAMAILIO" \
     -A "GW_SIP_RATE=${GW_SIP_RATE:-500}" \
     -A "GW_SIP_TIMEOUT_MS=$((GW_SIP_TIMEOUT * 1000))" \
     -A "GW_RING_TIMEOUT_MS=$(((GW_RING_TIMEOUT + 10) * 1000))" \
+    "${TLS_ARGS[@]}" \
     "$@"

@@ -23,7 +23,8 @@ from .media import relay_from_config
 from .subscribers import load_subscribers
 
 _SIP_FIRST_LINE = re.compile(r"^(?:[A-Z]+ \S+ SIP/2\.0|SIP/2\.0 \d{3} )")
-_PROTO_BY_NAME = {"ws": ws_send.PROTO_WS, "wss": ws_send.PROTO_WSS}
+# In the websocket:closed event $pr names the transport under the WebSocket (tcp or tls).
+_PROTO_BY_NAME = {"ws": ws_send.PROTO_WS, "wss": ws_send.PROTO_WSS, "tcp": ws_send.PROTO_WS, "tls": ws_send.PROTO_WSS}
 # Reply headers the core may look at.
 _REPLY_HEADERS = ("WWW-Authenticate", "Proxy-Authenticate", "Expires", "Contact", "Record-Route", "To",
                   "Session-Expires", "Min-SE")
