@@ -27,11 +27,17 @@ mkdir -p "$GW_RUN_DIR"
 # self-signed pair made here on first use (fine for trying it, not for production).
 TLS_ARGS=()
 if [ -n "${GW_WSS_PORT:-}" ]; then
-    GW_TLS_CERT="${GW_TLS_CERT:-$GW_RUN_DIR/self-signed.crt}"
-    GW_TLS_KEY="${GW_TLS_KEY:-$GW_RUN_DIR/self-signed.key}"
-    if [ ! -s "$GW_TLS_CERT" ] || [ ! -s "$GW_TLS_KEY" ]; then
-        openssl req -x509 -newkey rsa:2048 -nodes -days 365 -subj "/CN=$GW_LISTEN_IP" \
-            -keyout "$GW_TLS_KEY" -out "$GW_TLS_CERT" >/dev/null 2>&1
+    if [ -z "${GW_TLS_CERT:-}" ] && [ -z "${GW_TLS_KEY:-}" ]; then
+        GW_TLS_CERT="$GW_RUN_DIR/self-signed.crt"
+        GW_TLS_KEY="$GW_RUN_DIR/self-signed.key"
+        if [ ! -s "$GW_TLS_CERT" ] || [ ! -s "$GW_TLS_KEY" ]; then
+            openssl req -x509 -newkey rsa:2048 -nodes -days 365 -subj "/CN=$GW_LISTEN_IP" \
+                -keyout "$GW_TLS_KEY" -out "$GW_TLS_CERT" >/dev/null 2>&1
+        fi
+    elif [ ! -s "${GW_TLS_CERT:-}" ] || [ ! -s "${GW_TLS_KEY:-}" ]; then
+        # Given paths are never overwritten: a typo must not replace a real certificate.
+        echo "GW_TLS_CERT and GW_TLS_KEY must both name existing files" >&2
+        exit 2
     fi
     cat > "$GW_RUN_DIR/tls.cfg" <<TLS
 [server:default]

@@ -17,6 +17,9 @@ from .protocol import Frame, ProtocolError
 
 Handler = Callable[[Context, ConnRef, Frame], None]
 
+# The only requests a connection may send before it is registered.
+UNAUTHENTICATED = frozenset({"register", "ping"})
+
 
 def handle_register(ctx: Context, conn: ConnRef, frame: Frame) -> None:
     registrations.register(ctx, conn, frame.id, frame.payload)
@@ -89,14 +92,20 @@ HANDLERS: dict[str, Handler] = {
 
 def dispatch(ctx: Context, conn: ConnRef, text: str) -> None:
     """Handle one client frame; every failure becomes an `error` reply on the same connection."""
+    # Every frame uses the connection's allowance, malformed ones too (they are answered anyway).
+    allowed = limits.allow_message(ctx, conn.key)
     try:
         frame = protocol.parse_frame(text)
     except ProtocolError as exc:
         ctx.log.info("frame refused conn=%s code=%s reason=%s", conn, exc.code, exc.reason)
         ctx.send(conn, protocol.error_message(exc.code, exc.reason, exc.request_id, exc.msg_type))
         return
-    if not limits.allow_message(ctx, conn.key):
+    if not allowed:
         ctx.send(conn, protocol.error_message(errors.RATE_LIMITED, "too many messages; slow down", frame.id, frame.type))
+        return
+    if frame.type not in UNAUTHENTICATED and registrations.dn_of_connection(ctx, conn) is None:
+        # Authentication before anything: only register and ping before a registration.
+        ctx.send(conn, protocol.error_message(errors.NOT_REGISTERED, "register first", frame.id, frame.type))
         return
     try:
         HANDLERS[frame.type](ctx, conn, frame)

@@ -124,7 +124,7 @@ def test_gateway_error_from_handler_becomes_error_with_id(ctx, conn):
 
 def test_unregister_not_registered(ctx, conn):
     assert send(ctx, conn, {"type": "unregister", "id": "u1"}) == [
-        {"type": "error", "payload": {"code": "not_registered", "reason": "this connection is not registered",
+        {"type": "error", "payload": {"code": "not_registered", "reason": "register first",
                                       "requestType": "unregister"}, "id": "u1"}
     ]
 
@@ -221,6 +221,11 @@ def test_every_request_type_has_a_handler():
 def test_new_request_type_is_dispatched_to_its_handler(ctx, conn, monkeypatch):
     monkeypatch.setitem(protocol.REQUEST_TYPES, "echo", protocol.parse_empty)
     monkeypatch.setitem(handlers.HANDLERS, "echo", lambda c, cn, f: c.send(cn, protocol.message("echoed", {}, f.id)))
+    # Authentication before anything: an unregistered connection is refused ...
+    assert send(ctx, conn, {"type": "echo", "id": "e0"})[0]["payload"]["code"] == errors.NOT_REGISTERED
+    # ... a registered one reaches the handler.
+    assert send(ctx, conn, {"type": "register", "id": "r", "payload": {"dn": "5001", "password": "secret5001"}})[0][
+        "type"] == "registered"
     assert send(ctx, conn, {"type": "echo", "id": "e"}) == [{"type": "echoed", "payload": {}, "id": "e"}]
 
 
