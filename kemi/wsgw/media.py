@@ -73,28 +73,27 @@ def _relay_error(exc: RtpEngineError) -> GatewayError:
 
 def offer_sdp(ctx, call, sdp: str, from_browser: bool) -> str:
     """An offer crossing the gateway (from the browser toward SIP, or the other way)."""
-    if ctx.media is None:
-        return sdp
-    ours, theirs = call.local_tag, call.remote_tag
-    from_tag, to_tag = (ours, theirs) if from_browser else (theirs, ours)
-    try:
-        relayed = ctx.media.offer(_session(call), from_tag, to_tag, sdp, to_sip=from_browser)
-        return strip_webrtc_attributes(relayed) if from_browser else relayed
-    except RtpEngineError as exc:
-        raise _relay_error(exc) from None
+    return _relay(ctx, call, sdp, from_browser, offer=True)
 
 
 def answer_sdp(ctx, call, sdp: str, from_browser: bool) -> str:
     """An answer crossing the gateway; the offer it answers came from the other side."""
+    return _relay(ctx, call, sdp, from_browser, offer=False)
+
+
+def _relay(ctx, call, sdp: str, from_browser: bool, offer: bool) -> str:
     if ctx.media is None:
         return sdp
+    # The offerer's tag goes first: ours for the browser's offers, theirs for the far end's.
+    browser_is_offerer = from_browser if offer else not from_browser
     ours, theirs = call.local_tag, call.remote_tag
-    from_tag, to_tag = (theirs, ours) if from_browser else (ours, theirs)
+    from_tag, to_tag = (ours, theirs) if browser_is_offerer else (theirs, ours)
+    method = ctx.media.offer if offer else ctx.media.answer
     try:
-        relayed = ctx.media.answer(_session(call), from_tag, to_tag, sdp, to_sip=from_browser)
-        return strip_webrtc_attributes(relayed) if from_browser else relayed
+        relayed = method(_session(call), from_tag, to_tag, sdp, to_sip=from_browser)
     except RtpEngineError as exc:
         raise _relay_error(exc) from None
+    return strip_webrtc_attributes(relayed) if from_browser else relayed
 
 
 def end(ctx, call) -> None:
