@@ -70,8 +70,14 @@ class CallIdPayload:
     reason: str = ""
 
 
+_SDP_BAD_CHARS = re.compile(r"\r(?!\n)|[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
 def sdp_field(payload: dict, required: bool = True) -> str:
     sdp = payload.get("sdp", "")
+    if isinstance(sdp, str) and _SDP_BAD_CHARS.search(sdp):
+        # A bare CR or control character would reach the SIP body verbatim.
+        raise GatewayError(errors.INVALID_PAYLOAD, "sdp must not contain control characters or a CR without LF")
     if (required or "sdp" in payload) and (not isinstance(sdp, str) or not sdp.startswith("v=0") or len(sdp) > MAX_SDP_CHARS):
         raise GatewayError(errors.INVALID_PAYLOAD, f"sdp must be an SDP text starting with v=0, at most {MAX_SDP_CHARS} characters")
     return sdp

@@ -32,7 +32,9 @@ _REPLY_HEADERS = ("WWW-Authenticate", "Proxy-Authenticate", "Expires", "Contact"
 
 class KsrLogHandler(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
-        text = self.format(record).replace("\n", " | ") + "\n"
+        # Client text can hold NUL or lone surrogates, which KSR's log functions cannot take.
+        text = self.format(record).replace("\n", " | ").replace("\x00", "\\x00")
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8") + "\n"
         if record.levelno >= logging.ERROR:
             KSR.err(text)
         elif record.levelno >= logging.WARNING:
@@ -83,7 +85,11 @@ class HtableStore:
 
 class WsOutbox:
     def send(self, conn: ConnRef, message: dict) -> bool:
-        ok = ws_send.send_text(conn.ip, conn.port, conn.proto, protocol.encode(message))
+        try:
+            ok = ws_send.send_text(conn.ip, conn.port, conn.proto, protocol.encode(message))
+        except UnicodeEncodeError:
+            # A lone surrogate echoed from the client: send JSON \u escapes instead.
+            ok = ws_send.send_text(conn.ip, conn.port, conn.proto, protocol.encode_ascii(message))
         if not ok:
             logging.getLogger("wsgw").warning("could not send %s to conn=%s", message.get("type"), conn)
         return ok
@@ -212,6 +218,16 @@ class Gateway:
     # -- SIP requests from the network --
 
     def on_sip_request(self) -> int:
+        try:
+            return self._sip_request()
+        except UnicodeDecodeError:
+            # Header or body bytes that are not UTF-8: answer instead of leaving the sender retransmitting.
+            self.ctx.log.warning("sip request from %s with non-UTF-8 text: 400", KSR.pv.get("$si"))
+            if KSR.tm.t_reply(400, "Bad Request") < 0:  # no transaction yet: statelessly
+                KSR.sl.sl_send_reply(400, "Bad Request")
+            return 1
+
+    def _sip_request(self) -> int:
         # SIP-side flood protection: pike blocks a source IP sending too fast (kamailio.cfg).
         if KSR.pike.pike_check_req() < 0:
             self.ctx.log.warning("sip flood from %s: dropped", KSR.pv.get("$si"))

@@ -162,5 +162,12 @@ def encode(msg: dict) -> str:
     return _json.dumps(msg, **_DUMP_OPTIONS)
 
 
+def encode_ascii(msg: dict) -> str:
+    """Like encode, with every non-ASCII character escaped (for text holding lone surrogates)."""
+    import json
+
+    return json.dumps(msg, ensure_ascii=True, separators=(",", ":"))
+
+
 def decode(text: str) -> Any:
     return _json.loads(text)
