@@ -60,6 +60,9 @@ class Registration:
     auth_header: str = ""  # "Authorization" or "Proxy-Authorization"
     # Further WebSockets (browser tabs) of the same agent sharing this registration.
     tabs: list[str] = field(default_factory=list)
+    # Upstream refreshes failing: the agent was told (registrationLost); retry back-off in seconds.
+    lost: bool = False
+    retry_delay: float = 0.0
 
     def all_conns(self) -> list[str]:
         return [self.conn] + self.tabs
@@ -358,11 +361,16 @@ def _on_register_ok(ctx: Context, reg: Registration, reply: SipReply) -> None:
     reg.refresh_at = now + refresh_delay(expires)
     reg.auth_attempts = 0
     request_id, reg.request_id = reg.request_id, None
+    recovered, reg.lost, reg.retry_delay = reg.lost, False, 0.0
     reg.save(ctx)
     ctx.log.info("upstream registered dn=%s expires=%d refresh_in=%.1f", reg.dn, expires, reg.refresh_at - now)
     if first:
         limits.register_succeeded(ctx, reg.dn)
         ctx.send(ConnRef.from_key(reg.conn), registered_message(reg, request_id))
+    elif recovered:
+        # Registered again after registrationLost: tell every tab (an event, no id).
+        for key in reg.all_conns():
+            ctx.send(ConnRef.from_key(key), registered_message(reg, None))
 
 
 def failure_code(status: int) -> str:
@@ -388,9 +396,16 @@ def _on_register_failed(ctx: Context, reg: Registration, status: int, reason: st
     elif reg.state == UNREGISTERING:
         _forget(ctx, reg)
     else:
-        # A failed refresh: keep the binding and try again shortly.
-        reg.refresh_at = ctx.clock() + 5
+        # A failed refresh: keep the binding, tell the agent once, retry with back-off (5 s .. 60 s).
+        reg.retry_delay = min(60.0, reg.retry_delay * 2) if reg.retry_delay else 5.0
+        reg.refresh_at = ctx.clock() + reg.retry_delay
         reg.auth_attempts = 0
+        if not reg.lost:
+            reg.lost = True
+            for key in reg.all_conns():
+                ctx.send(ConnRef.from_key(key), protocol.message(
+                    "registrationLost", {"dn": reg.dn, "code": status, "reason": reason,
+                                         "retryIn": int(reg.retry_delay)}))
         reg.save(ctx)
 
 

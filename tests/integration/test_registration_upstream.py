@@ -92,3 +92,21 @@ def test_unreachable_registrar(upstream_gateway, client_factory):
     reply = client.request("register", {"dn": "5001", "password": PASSWORD}, timeout=15)
     assert reply["payload"]["code"] == "upstream_unreachable", reply
     assert time.monotonic() - started < 10
+
+
+def test_lost_upstream_registration_is_reported_and_recovered(upstream_gateway, registrar_port, tmp_path):
+    client = WsClient(upstream_gateway.ws_url)
+    try:
+        with registrar(tmp_path / "a", registrar_port, expires=2):
+            assert client.register("5001", PASSWORD)["payload"]["expires"] == 2
+        # The registrar is gone: the refresh (due after 1 s) times out (GW_SIP_TIMEOUT=3).
+        lost = client.wait_for("registrationLost", timeout=10)
+        assert lost["payload"]["dn"] == "5001" and lost["payload"]["retryIn"] >= 5
+        # It comes back: the retry succeeds and the client is told it is registered again.
+        with registrar(tmp_path / "b", registrar_port, expires=60) as sipp:
+            again = client.wait_for("registered", timeout=15)
+            assert "id" not in again and again["payload"]["dn"] == "5001"
+            assert client.request("unregister")["type"] == "unregistered"
+            assert sipp.wait(15) == 0, sipp.describe()
+    finally:
+        client.close()

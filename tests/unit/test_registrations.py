@@ -495,7 +495,7 @@ def test_failed_refresh_keeps_binding_and_retries_after_5s(uctx, conn, clock):
     reg = Registration.load(uctx, "5001")
     assert (reg.state, reg.refresh_at) == (REGISTERED, clock() + 5)
     assert connection_of_dn(uctx, "5001") == conn
-    assert len(uctx.outbox.sent) == 1  # only the original `registered`
+    assert len(uctx.outbox.sent) == 2 and uctx.outbox.sent[-1][1]["type"] == "registrationLost"  # the original `registered`, then one registrationLost
     n = len(uctx.sip.requests)
     clock.advance(4.9)
     tick(uctx)
@@ -518,7 +518,7 @@ def test_refresh_timeout_keeps_binding(uctx, conn, clock):
     tick(uctx)
     reg = Registration.load(uctx, "5001")
     assert (reg.state, reg.refresh_at) == (REGISTERED, clock() + 5)
-    assert len(uctx.sip.requests) == n and len(uctx.outbox.sent) == 1
+    assert len(uctx.sip.requests) == n and len(uctx.outbox.sent) == 2 and uctx.outbox.sent[-1][1]["type"] == "registrationLost"
 
 
 # ---- failures of the initial REGISTER ----
