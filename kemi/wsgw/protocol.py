@@ -8,6 +8,7 @@ every frame inside Kamailio; tests check it agrees with the JSON Schema.
 
 from __future__ import annotations
 
+import json as _strict_json
 import re
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -106,14 +107,20 @@ def register_type(name: str, parser: PayloadParser) -> None:
     REQUEST_TYPES[name] = parser
 
 
+def _refuse_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
+
+
 def parse_frame(text: str | bytes) -> Frame:
     """Decode and validate one client frame, or raise ProtocolError."""
     size = len(text.encode("utf-8")) if isinstance(text, str) else len(text)
     if size > MAX_FRAME_BYTES:
         raise ProtocolError(errors.FRAME_TOO_LARGE, f"frame is {size} bytes, the maximum is {MAX_FRAME_BYTES}")
     try:
-        obj = _json.loads(text)
-    except (ValueError, TypeError):
+        # The stdlib parser is strict RFC 8259 (ujson accepts leading zeros, "1.", raw tabs ...);
+        # NaN and Infinity are refused too.
+        obj = _strict_json.loads(text, parse_constant=_refuse_constant)
+    except (ValueError, TypeError, RecursionError):  # deep nesting stops the parser, not the gateway
         raise ProtocolError(errors.BAD_JSON, "frame is not valid JSON") from None
     if not isinstance(obj, dict):
         raise ProtocolError(errors.BAD_JSON, "frame must be a JSON object")

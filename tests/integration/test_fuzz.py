@@ -586,10 +586,7 @@ def test_crlf_keepalive_frame_gets_a_json_reply(embedded_gateway, frame):
         assert client.request("ping")["type"] == "pong"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "SPEC DEVIATION: frames that are not RFC 8259 JSON (a raw TAB inside a string, a number with a leading zero, "
-    "'1.', a lone '-') are parsed by ujson and answered as requests (with their id) instead of `bad_json` without "
-    "id as sections 1.1 and 4.2 step 2 require."))
+# Once a deviation (ujson parsed these); frames are now parsed strictly (RFC 8259).
 @pytest.mark.parametrize("frame", [
     '{"type":"hangup","id":"lax1","payload":{"callId":"x","reason":"a\tb"}}',
     '{"type":"reject","id":"lax2","payload":{"callId":"x","code":0486}}',
