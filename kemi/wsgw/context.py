@@ -29,4 +29,7 @@ class Context:
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("wsgw"))
 
     def send(self, conn: ConnRef, message: dict) -> bool:
+        from . import metrics  # metrics reads the context, so import here
+
+        metrics.frame_out(self, message)
         return self.outbox.send(conn, message)

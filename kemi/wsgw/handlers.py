@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from . import calls, conference, errors, limits, midcall, protocol, registrations, transfer
+from . import calls, conference, errors, limits, metrics, midcall, protocol, registrations, transfer
 from .connections import ConnRef
 from .context import Context
 from .errors import GatewayError
@@ -100,6 +100,7 @@ def dispatch(ctx: Context, conn: ConnRef, text: str) -> None:
         ctx.log.info("frame refused conn=%s code=%s reason=%s", conn, exc.code, exc.reason)
         ctx.send(conn, protocol.error_message(exc.code, exc.reason, exc.request_id, exc.msg_type))
         return
+    metrics.frame_in(ctx, frame.type)
     if not allowed:
         ctx.send(conn, protocol.error_message(errors.RATE_LIMITED, "too many messages; slow down", frame.id, frame.type))
         return

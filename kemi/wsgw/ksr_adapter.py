@@ -14,7 +14,8 @@ from typing import Iterator
 
 import KSR  # type: ignore[import-not-found]
 
-from . import calls, handlers, health, limits, midcall, protocol, registrations, static_files, transfer, ws_send
+from . import (calls, handlers, health, limits, metrics, midcall, protocol, registrations, static_files, transfer,
+               ws_send)
 from .config import GatewayConfig
 from .connections import ConnRef
 from .context import Context
@@ -59,7 +60,12 @@ class HtableStore:
         KSR.htable.sht_rm(table, key)
 
     def incr(self, table: str, key: str) -> int:
-        return int(KSR.htable.sht_inc(table, key))
+        # sht_inc only creates missing keys in tables with an integer initval; our tables hold
+        # strings, so read-modify-write under the slot lock.
+        with self.lock(table, key):
+            value = int(self.get(table, key) or 0) + 1
+            self.put(table, key, str(value))
+        return value
 
     @contextmanager
     def lock(self, table: str, key: str) -> Iterator[None]:
@@ -367,6 +373,9 @@ class Gateway:
                 limits.connection_closed(self.ctx, ip)
             return 1
         path = str(KSR.pv.get("$hu") or "/").split("?")[0]
+        if path == "/metrics":
+            KSR.xhttp.xhttp_reply(200, "OK", "text/plain; version=0.0.4", metrics.render(self.ctx))
+            return 1
         if path == "/health":
             KSR.xhttp.xhttp_reply(200, "OK", "application/json", protocol.encode(health.health(self.ctx)))
             return 1

@@ -80,3 +80,18 @@ def test_passwords_and_frames_never_reach_the_log(embedded_gateway, client_facto
     client.request("ping")
     assert embedded_gateway.wait_log("registered dn=5007")
     assert PASSWORDS["5007"] not in embedded_gateway.log_text()
+
+
+def test_metrics_endpoint(embedded_gateway, client_factory):
+    import urllib.request
+
+    client = client_factory(embedded_gateway)
+    client.request("ping")
+    client.send_raw("not json")
+    client.wait_for("error")
+    with urllib.request.urlopen(embedded_gateway.http_url + "/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    assert resp.headers["Content-Type"].startswith("text/plain")
+    assert 'wsgw_errors_total{code="bad_json"}' in text
+    assert 'wsgw_frames_in_total{type="ping"}' in text
+    assert "# TYPE wsgw_registrations gauge" in text

@@ -1,0 +1,62 @@
+"""Prometheus metrics at GET /metrics: counters kept in the shared store (every worker
+adds to the same numbers) plus gauges read from the state tables."""
+
+from __future__ import annotations
+
+import re
+
+from .context import Context
+from .health import health
+from .store import COUNTERS
+
+_PREFIX = "m|"
+_LABEL_VALUE = re.compile(r"[^A-Za-z0-9_.:-]")
+
+HELP = {
+    "wsgw_frames_in_total": "JSON frames received from clients, by message type",
+    "wsgw_frames_out_total": "JSON frames sent to clients, by message type",
+    "wsgw_errors_total": "error replies sent to clients, by code",
+    "wsgw_calls_failed_total": "callFailed sent to clients, by reason",
+}
+
+
+def _key(name: str, label: str, value: str) -> str:
+    # Label values come from clients (message types): keep them to a safe alphabet and length.
+    return f"{_PREFIX}{name}|{label}|{_LABEL_VALUE.sub('_', value)[:40]}"
+
+
+def count(ctx: Context, name: str, label: str, value: str) -> None:
+    ctx.store.incr(COUNTERS, _key(name, label, value))
+
+
+def frame_in(ctx: Context, msg_type: str) -> None:
+    count(ctx, "wsgw_frames_in_total", "type", msg_type)
+
+
+def frame_out(ctx: Context, message: dict) -> None:
+    msg_type = str(message.get("type", ""))
+    count(ctx, "wsgw_frames_out_total", "type", msg_type)
+    payload = message.get("payload") or {}
+    if msg_type == "error":
+        count(ctx, "wsgw_errors_total", "code", str(payload.get("code", "")))
+    elif msg_type == "callFailed":
+        count(ctx, "wsgw_calls_failed_total", "reason", str(payload.get("reason", "")))
+
+
+def render(ctx: Context) -> str:
+    """The Prometheus text exposition format (version 0.0.4)."""
+    series: dict[str, list[str]] = {}
+    for key in sorted(ctx.store.keys(COUNTERS)):
+        if not key.startswith(_PREFIX):
+            continue
+        _, name, label, value = key.split("|", 3)
+        series.setdefault(name, []).append(f'{name}{{{label}="{value}"}} {ctx.store.get(COUNTERS, key) or 0}')
+    lines: list[str] = []
+    for name in sorted(set(series) | set(HELP)):
+        lines += [f"# HELP {name} {HELP.get(name, name)}", f"# TYPE {name} counter"] + series.get(name, [])
+    doc = health(ctx)
+    for name, field, text in (("wsgw_registrations", "registrations", "registered DNs"),
+                              ("wsgw_websocket_connections", "connections", "WebSocket connections with a registration"),
+                              ("wsgw_calls_active", "calls", "calls in the call table")):
+        lines += [f"# HELP {name} {text}", f"# TYPE {name} gauge", f"{name} {doc[field]}"]
+    return "\n".join(lines) + "\n"

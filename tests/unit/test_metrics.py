@@ -1,0 +1,24 @@
+from wsgw import metrics, protocol
+
+
+def test_counters_by_label_and_gauges(make_ctx, conn):
+    ctx = make_ctx()
+    metrics.frame_in(ctx, "ping")
+    metrics.frame_in(ctx, "ping")
+    ctx.send(conn, protocol.error_message("bad_json", "x"))
+    ctx.send(conn, protocol.message("callFailed", {"callId": "c", "code": 486, "reason": "busy"}))
+    text = metrics.render(ctx)
+    assert 'wsgw_frames_in_total{type="ping"} 2' in text
+    assert 'wsgw_frames_out_total{type="error"} 1' in text
+    assert 'wsgw_errors_total{code="bad_json"} 1' in text
+    assert 'wsgw_calls_failed_total{reason="busy"} 1' in text
+    assert "# TYPE wsgw_calls_active gauge\nwsgw_calls_active 0" in text
+    assert text.endswith("\n")
+
+
+def test_label_values_from_clients_are_sanitised(make_ctx):
+    ctx = make_ctx()
+    metrics.frame_in(ctx, 'a"}\nwsgw_fake 1')
+    text = metrics.render(ctx)
+    assert "\nwsgw_fake" not in text
+    assert 'type="a___wsgw_fake_1"' in text
