@@ -164,6 +164,8 @@ class Call:
     display_name: str = ""
     conference: dict | None = None  # this call is the agent's leg into a bridge (conference.py)
     media_stats: dict | None = None  # what the media relay saw, once the call's media ended
+    # Set-up milestones in ms since the `call` frame arrived (outbound): invite, trying, ringing, answered, accepted.
+    timing: dict = field(default_factory=dict)
     retried_422: bool = False
 
     @property
@@ -320,8 +322,14 @@ def _place_call(ctx: Context, conn: ConnRef, request_id: str | None, req: CallPa
         fail(503, "INVITE could not be sent")
 
 
+def _mark(ctx: Context, call: Call, milestone: str) -> None:
+    """Record a set-up milestone once (ms since the `call` frame arrived)."""
+    call.timing.setdefault(milestone, round((ctx.clock() - call.created_at) * 1000))
+
+
 def _send_invite(ctx: Context, call: Call, session_expires: int, min_se: int) -> bool:
     """The initial INVITE (or its retry after a 422, with the next CSeq). Saves the call."""
+    _mark(ctx, call, "invite")
     call.invite_cseq = call.local_cseq
     call.save(ctx)
     headers = [
@@ -364,10 +372,11 @@ def on_invite_reply(ctx: Context, call: Call, reply: SipReply) -> None:
             # The browser hung up already, or the 200 was handled first: replies of one call
             # may be handled by different workers, so a 180 can lose the race with its 200.
             return
+        _mark(ctx, call, "trying" if reply.status == 100 else "ringing")
         if call.state == CALLING:
             call.state = RINGING
             call.deadline = ctx.clock() + ctx.config.ring_timeout
-            call.save(ctx)
+        call.save(ctx)
         if reply.status == 100:
             return
         if reply.status == 183 and reply.body:
@@ -399,8 +408,17 @@ def on_invite_reply(ctx: Context, call: Call, reply: SipReply) -> None:
             send(ctx, conn, "callFailed", {"callId": call.call_id, "code": 503, "reason": "server_error"}, request_id)
             return
         call.save(ctx)
-        ctx.log.info("call answered call=%s sip_call_id=%s", call.call_id, call.sip_call_id)
-        send(ctx, conn, "callAccepted", {"callId": call.call_id, "sdp": browser_sdp, "codecs": call.codecs}, request_id)
+        _mark(ctx, call, "answered")  # the 200 (tm sends the ACK as it arrives)
+        _mark(ctx, call, "accepted")
+        call.save(ctx)
+        from . import metrics
+
+        metrics.observe_setup(ctx, call.timing["accepted"] / 1000.0)
+        ctx.log.info("call answered call=%s sip_call_id=%s timing=%s", call.call_id, call.sip_call_id,
+                     ",".join(f"{k}:{v}" for k, v in call.timing.items()))
+        send(ctx, conn, "callAccepted",
+             {"callId": call.call_id, "sdp": browser_sdp, "codecs": call.codecs, "timing": dict(call.timing)},
+             request_id)
         if call.conference:
             from . import conference
 

@@ -43,6 +43,30 @@ def frame_out(ctx: Context, message: dict) -> None:
         count(ctx, "wsgw_calls_failed_total", "reason", str(payload.get("reason", "")))
 
 
+SETUP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+_SETUP = "wsgw_call_setup_seconds"
+
+
+def observe_setup(ctx: Context, seconds: float) -> None:
+    """Call set-up time (`call` received -> `callAccepted` sent) into the histogram."""
+    for le in SETUP_BUCKETS:
+        if seconds <= le:
+            ctx.store.incr(COUNTERS, f"h|{_SETUP}|{le}")
+    ctx.store.incr(COUNTERS, f"h|{_SETUP}|+Inf")
+    with ctx.store.lock(COUNTERS, "h|sum"):
+        total = float(ctx.store.get(COUNTERS, f"h|{_SETUP}|sum") or 0) + seconds
+        ctx.store.put(COUNTERS, f"h|{_SETUP}|sum", repr(total))
+
+
+def _histogram(ctx: Context) -> list[str]:
+    lines = [f"# HELP {_SETUP} call set-up time: call received to callAccepted sent", f"# TYPE {_SETUP} histogram"]
+    for le in [*map(str, SETUP_BUCKETS), "+Inf"]:
+        lines.append(f'{_SETUP}_bucket{{le="{le}"}} {ctx.store.get(COUNTERS, f"h|{_SETUP}|{le}") or 0}')
+    lines.append(f"{_SETUP}_sum {ctx.store.get(COUNTERS, f'h|{_SETUP}|sum') or 0}")
+    lines.append(f"{_SETUP}_count {ctx.store.get(COUNTERS, f'h|{_SETUP}|+Inf') or 0}")
+    return lines
+
+
 def render(ctx: Context) -> str:
     """The Prometheus text exposition format (version 0.0.4)."""
     series: dict[str, list[str]] = {}
@@ -54,6 +78,7 @@ def render(ctx: Context) -> str:
     lines: list[str] = []
     for name in sorted(set(series) | set(HELP)):
         lines += [f"# HELP {name} {HELP.get(name, name)}", f"# TYPE {name} counter"] + series.get(name, [])
+    lines += _histogram(ctx)
     doc = health(ctx)
     for name, field, text in (("wsgw_registrations", "registrations", "registered DNs"),
                               ("wsgw_websocket_connections", "connections", "WebSocket connections with a registration"),

@@ -107,3 +107,19 @@ def test_a_client_cannot_touch_another_clients_call(agent, upstream_gateway, reg
         assert intruder.request("hangup", {"callId": "mine"})["payload"]["code"] == "not_registered"
         assert agent.request("hangup", {"callId": "mine"})["type"] == "callEnded"
         assert sipp.wait(15) == 0, sipp.describe()
+
+
+def test_call_accepted_reports_setup_timing_and_metrics(agent, upstream_gateway, registrar_port, tmp_path):
+    import urllib.request
+
+    with pbx(tmp_path, registrar_port, "uas_answer_wait_bye.xml") as sipp:
+        reply = agent.request("call", {"to": "6001", "callId": "tm", "sdp": CHROME_OFFER})
+        timing = reply["payload"]["timing"]
+        assert set(timing) >= {"invite", "ringing", "answered", "accepted"}
+        assert timing["invite"] <= timing["ringing"] <= timing["answered"] <= timing["accepted"]
+        agent.request("hangup", {"callId": "tm"})
+        assert sipp.wait(15) == 0, sipp.describe()
+    with urllib.request.urlopen(upstream_gateway.http_url + "/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    count = re.search(r"^wsgw_call_setup_seconds_count (\d+)", text, re.M)
+    assert count and int(count.group(1)) >= 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 import pytest
+from unittest.mock import ANY
 
 from fakes import START_TIME, parse_headers, reply_to
 from harness.sdp import CHROME_OFFER, OPUS_ONLY_OFFER, PCMU_ANSWER
@@ -519,7 +520,8 @@ def test_200_accepts_the_call(ctx, caller, clock):
     clock.advance(5)
     on_reply(ctx, answered(invite))
     assert sent(ctx) == [msg("callAccepted", {"callId": "c1", "sdp": PCMU_ANSWER,
-                                              "codecs": ["PCMU", "PCMA", "telephone-event"]}, "r1")]
+                                              "codecs": ["PCMU", "PCMA", "telephone-event"],
+                                              "timing": ANY}, "r1")]
     assert ctx.outbox.sent[0][0] == caller
     stored = Call.load(ctx, call.key)
     assert stored.state == CONFIRMED
@@ -1178,3 +1180,17 @@ def test_200_crossing_close_cancel_is_byed(ctx, caller):
     on_reply(ctx, answered(invite, to_tag="t"))
     assert ctx.sip.last.method == "BYE"
     assert sent(ctx) == [msg("ringing", {"callId": "c1"})]  # nothing for the closed connection after that
+
+
+def test_call_accepted_carries_setup_timing(ctx, caller, clock):
+    _, invite = place(ctx, caller)
+    clock.advance(0.05)
+    on_reply(ctx, reply(invite, 100))
+    clock.advance(0.10)
+    on_reply(ctx, reply(invite, 180, to_tag="callee-tag"))
+    clock.advance(1.0)
+    on_reply(ctx, answered(invite, to_tag="callee-tag"))
+    accepted = sent(ctx)[-1]
+    assert accepted["type"] == "callAccepted"
+    assert accepted["payload"]["timing"] == {"invite": 0, "trying": 50, "ringing": 150, "answered": 1150,
+                                             "accepted": 1150}

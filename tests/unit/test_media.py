@@ -8,6 +8,7 @@ import logging
 from types import SimpleNamespace
 
 import pytest
+from unittest.mock import ANY
 
 from harness.sdp import CHROME_OFFER, PCMU_ANSWER
 from test_calls import (FILTERED_CHROME, PHONE_OFFER, answered, make_invite, place, register, reply, ring)
@@ -448,7 +449,7 @@ def test_200_goes_through_answer_and_call_accepted_carries_relay_sdp(ctx, caller
     on_reply(ctx, answered(invite, to_tag="callee-tag"))
     assert relay.answers == [(f"{call.sip_call_id}|o", call.local_tag, "callee-tag", PCMU_ANSWER, False)]
     assert sent(ctx) == [msg("callAccepted", {"callId": "c1", "sdp": RELAY_TO_BROWSER,
-                                              "codecs": FILTERED_CHROME.codecs}, "r1")]
+                                              "codecs": FILTERED_CHROME.codecs, "timing": ANY}, "r1")]
     stored = load(ctx, call)
     assert stored.state == CONFIRMED and stored.remote_sdp == PCMU_ANSWER
     assert stored.local_sdp == STRIPPED_OFFER_TO_SIP
@@ -849,7 +850,7 @@ def test_passthrough_outbound_sdp_untouched(pctx, conn):
     pctx.outbox.clear()
     on_reply(pctx, answered(invite))
     assert sent(pctx) == [msg("callAccepted", {"callId": "c1", "sdp": PCMU_ANSWER,
-                                               "codecs": FILTERED_CHROME.codecs}, "r1")]
+                                               "codecs": FILTERED_CHROME.codecs, "timing": ANY}, "r1")]
     pctx.outbox.clear()
     hangup(pctx, conn, "h1", CallIdPayload(call_id="c1"))
     assert sent(pctx) == [msg("callEnded", {"callId": "c1", "by": "local", "reason": "hangup"}, "h1")]
