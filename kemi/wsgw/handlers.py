@@ -21,10 +21,6 @@ Handler = Callable[[Context, ConnRef, Frame], None]
 UNAUTHENTICATED = frozenset({"register", "ping"})
 
 
-def handle_register(ctx: Context, conn: ConnRef, frame: Frame) -> None:
-    registrations.register(ctx, conn, frame.id, frame.payload)
-
-
 def handle_unregister(ctx: Context, conn: ConnRef, frame: Frame) -> None:
     registrations.unregister(ctx, conn, frame.id)
 
@@ -33,60 +29,29 @@ def handle_ping(ctx: Context, conn: ConnRef, frame: Frame) -> None:
     ctx.send(conn, protocol.message("pong", {"time": int(ctx.clock() * 1000)}, frame.id))
 
 
-def handle_call(ctx: Context, conn: ConnRef, frame: Frame) -> None:
-    calls.place_call(ctx, conn, frame.id, frame.payload)
+RequestFn = Callable[[Context, ConnRef, "str | None", object], None]
 
 
-def handle_hangup(ctx: Context, conn: ConnRef, frame: Frame) -> None:
-    calls.hangup(ctx, conn, frame.id, frame.payload)
+def request(fn: RequestFn) -> Handler:
+    """The handler of a core function taking (ctx, connection, request id, typed payload)."""
+    return lambda ctx, conn, frame: fn(ctx, conn, frame.id, frame.payload)
 
 
-def handle_answer(ctx: Context, conn: ConnRef, frame: Frame) -> None:
-    calls.answer(ctx, conn, frame.id, frame.payload)
-
-
-def handle_reject(ctx: Context, conn: ConnRef, frame: Frame) -> None:
-    calls.reject(ctx, conn, frame.id, frame.payload)
-
-
-def handle_hold(ctx: Context, conn: ConnRef, frame: Frame) -> None:
-    midcall.hold(ctx, conn, frame.id, frame.payload)
-
-
-def handle_resume(ctx: Context, conn: ConnRef, frame: Frame) -> None:
-    midcall.resume(ctx, conn, frame.id, frame.payload)
-
-
-def handle_update_answer(ctx: Context, conn: ConnRef, frame: Frame) -> None:
-    midcall.update_answer(ctx, conn, frame.id, frame.payload)
-
-
-def handle_dtmf(ctx: Context, conn: ConnRef, frame: Frame) -> None:
-    midcall.dtmf(ctx, conn, frame.id, frame.payload)
-
-
-def handle_transfer(ctx: Context, conn: ConnRef, frame: Frame) -> None:
-    transfer.transfer(ctx, conn, frame.id, frame.payload)
-
-
-def handle_conference(ctx: Context, conn: ConnRef, frame: Frame) -> None:
-    conference.conference(ctx, conn, frame.id, frame.payload)
-
-
+# Message type -> handler; each module's function is the handler's whole body.
 HANDLERS: dict[str, Handler] = {
-    "register": handle_register,
+    "register": request(registrations.register),
     "unregister": handle_unregister,
     "ping": handle_ping,
-    "call": handle_call,
-    "hangup": handle_hangup,
-    "answer": handle_answer,
-    "reject": handle_reject,
-    "hold": handle_hold,
-    "resume": handle_resume,
-    "updateAnswer": handle_update_answer,
-    "dtmf": handle_dtmf,
-    "transfer": handle_transfer,
-    "conference": handle_conference,
+    "call": request(calls.place_call),
+    "hangup": request(calls.hangup),
+    "answer": request(calls.answer),
+    "reject": request(calls.reject),
+    "hold": request(midcall.hold),
+    "resume": request(midcall.resume),
+    "updateAnswer": request(midcall.update_answer),
+    "dtmf": request(midcall.dtmf),
+    "transfer": request(transfer.transfer),
+    "conference": request(conference.conference),
 }
 
 

@@ -59,3 +59,18 @@ def conn() -> ConnRef:
 @pytest.fixture
 def conn2() -> ConnRef:
     return ConnRef(6, "2001:db8::7", 40002)
+
+
+@pytest.fixture
+def ctx(make_ctx):
+    """An embedded-mode context (test modules override it where they need another)."""
+    return make_ctx(embedded=True)
+
+
+@pytest.fixture
+def caller(ctx, conn):
+    """conn registered as 5001 ("Alice") in embedded mode."""
+    from fakes import register
+
+    register(ctx, conn, "5001", "Alice")
+    return conn

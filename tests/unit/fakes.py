@@ -154,3 +154,13 @@ def reply_to(request: OutgoingRequest, status: int, reason: str = "", headers: d
         method=method,
         headers={k.lower(): v for k, v in (headers or {}).items()},
     )
+
+
+def register(ctx, conn, dn: str, display_name: str = "") -> None:
+    """Embedded registration of `dn` on `conn`; the outbox is cleared afterwards."""
+    from wsgw import registrations
+    from wsgw.protocol import RegisterPayload
+
+    registrations.register(ctx, conn, "reg", RegisterPayload(dn=dn, password=f"secret{dn}", display_name=display_name))
+    assert registrations.connection_of_dn(ctx, dn) == conn
+    ctx.outbox.clear()

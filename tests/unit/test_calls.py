@@ -7,7 +7,7 @@ import re
 import pytest
 from unittest.mock import ANY
 
-from fakes import START_TIME, parse_headers, reply_to
+from fakes import START_TIME, parse_headers, register, reply_to
 from harness.sdp import CHROME_OFFER, OPUS_ONLY_OFFER, PCMU_ANSWER
 from wsgw import calls, errors, protocol, registrations
 from wsgw.calls import (
@@ -69,13 +69,6 @@ RECORD_ROUTE = "<sip:p1.example.net;lr>,<sip:p2.example.net;lr;ftag=x>"
 
 
 # ---- helpers ----
-
-
-def register(ctx, conn, dn: str, display_name: str = "") -> None:
-    """Embedded registration of `dn` on `conn`; the outbox is cleared afterwards."""
-    registrations.register(ctx, conn, "reg", RegisterPayload(dn=dn, password=f"secret{dn}", display_name=display_name))
-    assert registrations.connection_of_dn(ctx, dn) == conn
-    ctx.outbox.clear()
 
 
 def register_upstream(ctx, conn, dn: str = "5001") -> None:
@@ -160,18 +153,6 @@ def ring(ctx, invite: InboundInvite, t_index: int = 11, t_label: int = 22, local
     call = find_for_request(ctx, invite.sip_call_id, invite.from_tag, "")
     assert call is not None and call.direction == "inbound"
     return call
-
-
-@pytest.fixture
-def ctx(make_ctx):
-    return make_ctx(embedded=True)
-
-
-@pytest.fixture
-def caller(ctx, conn):
-    """conn registered as 5001 ("Alice") in embedded mode."""
-    register(ctx, conn, "5001", "Alice")
-    return conn
 
 
 # ---- payload parsers ----

@@ -21,11 +21,6 @@ def send(ctx, conn, obj) -> list[dict]:
     return [m for _, m in ctx.outbox.sent[before:]]
 
 
-@pytest.fixture
-def ctx(make_ctx):
-    return make_ctx(embedded=True)
-
-
 # ---- ping ----
 
 

@@ -140,12 +140,6 @@ def ctx(make_ctx, relay):
     return ctx
 
 
-@pytest.fixture
-def caller(ctx, conn):
-    register(ctx, conn, "5001", "Alice")
-    return conn
-
-
 def outbound(ctx, conn, relay) -> tuple[Call, object]:
     """An answered outbound call through the relay; returns (stored call, INVITE); outbox, requests, relay cleared."""
     call, invite = place(ctx, conn)

@@ -172,18 +172,6 @@ def do_hold(ctx, conn, call: Call, rid: str | None = "h1", sdp: str = HOLD_SDP) 
 
 
 @pytest.fixture
-def ctx(make_ctx):
-    return make_ctx(embedded=True)
-
-
-@pytest.fixture
-def caller(ctx, conn):
-    """conn registered as 5001 ("Alice") in embedded mode."""
-    register(ctx, conn, "5001", "Alice")
-    return conn
-
-
-@pytest.fixture
 def out_call(ctx, caller) -> Call:
     return outbound_call(ctx, caller)
 

@@ -69,17 +69,6 @@ def far_end_reinvite(call: Call, sdp: str) -> Reinvite:
     return Reinvite(call.sip_call_id, call.remote_tag, call.local_tag, sdp)
 
 
-@pytest.fixture
-def ctx(make_ctx):
-    return make_ctx(embedded=True)
-
-
-@pytest.fixture
-def caller(ctx, conn):
-    register(ctx, conn, "5001", "Alice")
-    return conn
-
-
 # ======================================================================
 # session_timer.py helpers
 # ======================================================================

@@ -74,11 +74,6 @@ def conn3() -> ConnRef:
 
 
 @pytest.fixture
-def ctx(make_ctx):
-    return make_ctx(embedded=True)
-
-
-@pytest.fixture
 def tabs(ctx, conn, conn2, conn3):
     """5001 registered on three tabs (conn first); outbox cleared."""
     for c in (conn, conn2, conn3):

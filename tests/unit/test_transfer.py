@@ -86,17 +86,6 @@ def notifies(ctx) -> list:
 
 
 @pytest.fixture
-def ctx(make_ctx):
-    return make_ctx(embedded=True)
-
-
-@pytest.fixture
-def caller(ctx, conn):
-    register(ctx, conn, "5001", "Alice")
-    return conn
-
-
-@pytest.fixture
 def c1(ctx, caller) -> Call:
     return outbound_call(ctx, caller, "c1")
 
