@@ -65,6 +65,9 @@ class kamailio:
     def ksr_websocket_event(self, msg, evname=None):
         return _guard(self.gw.on_websocket_closed)
 
+    def ksr_tcp_event(self, msg, evname=None):
+        return _guard(self.gw.on_tcp_closed)
+
     def ksr_tm_event(self, msg, evname=None):
         if evname == "tm:local-request":
             return _guard(self.gw.on_local_request)

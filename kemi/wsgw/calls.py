@@ -29,7 +29,7 @@ from .sdp_policy import NoAllowedCodec, apply_codec_policy
 from .sip_headers import header_block, name_addr, new_call_id, new_tag, validate_dn, validate_token
 from .sip_port import OutgoingRequest, SipReply
 from .store import CALLS, CALLS_BY_SIP_ID, get_json, put_json
-from . import limits, media, session_timer
+from . import limits, media, session_timer, sessions
 
 # States
 CALLING = "calling"  # INVITE sent, nothing heard yet
@@ -189,6 +189,7 @@ class Call:
 
     @property
     def owner(self) -> ConnRef:
+        """The connection the client is on now (it moves when the client `attach`es)."""
         return ConnRef.from_key(self.conn)
 
 
@@ -196,8 +197,20 @@ def leg_key(direction: str, sip_call_id: str, tag: str) -> str:
     return f"{'o' if direction == 'outbound' else 'i'}|{sip_call_id}|{tag}"
 
 
-def call_key(conn: ConnRef, call_id: str) -> str:
-    return f"{conn.key}#{call_id}"
+def call_key(owner: ConnRef, call_id: str) -> str:
+    """A call record's key: the session owner (sessions.py) and the client's callId. The owner is
+    the connection that registered, so the key stays when a new connection `attach`es."""
+    return f"{owner.key}#{call_id}"
+
+
+def key_of(ctx: Context, conn: ConnRef, call_id: str) -> str:
+    """The key of the call `call_id` of the client on `conn`."""
+    return call_key(sessions.owner_of(ctx, conn), call_id)
+
+
+def sibling_key(call: "Call", call_id: str) -> str:
+    """The key of another call of the same client as `call`."""
+    return call.key.split("#", 1)[0] + "#" + call_id
 
 
 def key_for_reply(ctx: Context, sip_call_id: str, from_tag: str, to_tag: str) -> str | None:
@@ -242,8 +255,8 @@ def locked(ctx: Context, key: str | None) -> Iterator[Call | None]:
 @contextmanager
 def own_call(ctx: Context, conn: ConnRef, call_id: str) -> Iterator[Call]:
     """A call of this connection, locked; no_such_call otherwise (a client acts on its own calls only)."""
-    with locked(ctx, call_key(conn, call_id)) as call:
-        if call is None:
+    with locked(ctx, key_of(ctx, conn, call_id)) as call:
+        if call is None or call.conn != conn.key:
             raise GatewayError(errors.NO_SUCH_CALL, f"no call {call_id} on this connection")
         yield call
 
@@ -269,8 +282,9 @@ def place_call(ctx: Context, conn: ConnRef, request_id: str | None, req: CallPay
     # the registrar accepted may call (the PBX trusts the gateway's INVITEs).
     if reg is None or reg.state != registrations.REGISTERED or conn.key not in reg.all_conns():
         raise GatewayError(errors.NOT_REGISTERED, "register before calling")
-    limits.check_call_limit(ctx, conn.key)
-    key = call_key(conn, req.call_id)
+    owner = sessions.owner_of(ctx, conn)
+    limits.check_call_limit(ctx, owner.key)
+    key = call_key(owner, req.call_id)
     with ctx.store.lock(CALLS, key):
         _place_call(ctx, conn, request_id, req, reg, key, decision or route(req.to, ctx.config), conference)
 
@@ -651,7 +665,7 @@ def ring_inbound(ctx: Context, invite: InboundInvite, t_index: int, t_label: int
     tabs = []
     for conn in conns:
         call = Call(
-            key=call_key(conn, call_id), call_id=call_id, conn=conn.key, dn=invite.dn, direction="inbound",
+            key=key_of(ctx, conn, call_id), call_id=call_id, conn=conn.key, dn=invite.dn, direction="inbound",
             state=RINGING, sip_call_id=invite.sip_call_id, local_uri=invite.to_uri, remote_uri=invite.from_uri,
             local_tag=local_tag, remote_tag=invite.from_tag,
             remote_target=_contact_uri(invite.contact) or invite.from_uri, route_set=_route_list(invite.record_route),
@@ -806,12 +820,12 @@ def _on_remote_cancel(ctx: Context, call: Call | None) -> None:
 
 def connection_closed(ctx: Context, conn: ConnRef) -> None:
     """End every call of a closed connection (the browser can no longer talk)."""
-    prefix = conn.key + "#"
+    prefix = sessions.owner_of(ctx, conn).key + "#"
     for key in ctx.store.keys(CALLS):
         if not key.startswith(prefix):
             continue
         with locked(ctx, key) as call:
-            if call is None:
+            if call is None or call.conn != conn.key:  # moved to a new connection (attach)
                 continue
             if call.direction == "outbound" and call.state in (CALLING, RINGING):
                 _cancel(ctx, call)

@@ -22,7 +22,7 @@ import secrets
 from dataclasses import dataclass
 
 from . import errors, protocol
-from .calls import CONFIRMED, Call, CallPayload, call_key, locked, place_call, sdp_field, send
+from .calls import CONFIRMED, Call, CallPayload, key_of, locked, sibling_key, place_call, sdp_field, send
 from .connections import ConnRef
 from .context import Context
 from .errors import GatewayError
@@ -63,7 +63,7 @@ def conference(ctx: Context, conn: ConnRef, request_id: str | None, req: Confere
     if not template:
         raise GatewayError(errors.INVALID_STATE, "no conference bridge is configured (GW_CONFERENCE_URI)")
     for member in req.call_ids:
-        call = Call.load(ctx, call_key(conn, member))
+        call = Call.load(ctx, key_of(ctx, conn, member))
         if call is None:
             raise GatewayError(errors.NO_SUCH_CALL, f"no call {member} on this connection")
         if call.state != CONFIRMED or call.refer:
@@ -84,7 +84,7 @@ def bridge_answered(ctx: Context, leg: Call) -> None:
     assert conf is not None
     owner = leg.owner
     for member in conf["members"]:
-        with locked(ctx, call_key(owner, member)) as call:
+        with locked(ctx, sibling_key(leg, member)) as call:
             if call is not None and call.state == CONFIRMED and not call.refer:
                 send_refer(ctx, call, f"<{conf['uri']}>", None)
     send(ctx, owner, "conferenceStarted", {"callId": leg.call_id, "room": conf["room"], "callIds": conf["members"]},

@@ -69,6 +69,8 @@ class GatewayConfig:
     # Abuse limits (limits.py) and the origins allowed to open a WebSocket (empty = any).
     limits: Limits = field(default_factory=Limits)
     allowed_origins: tuple[str, ...] = ()
+    # Seconds a dropped client's registration and calls wait for `attach` (resume.py); 0 = end at once.
+    resume_grace: int = 30
     extra: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -117,6 +119,7 @@ class GatewayConfig:
                 auth_fail_limit=_int(env, "GW_AUTH_FAIL_LIMIT", 5),
                 auth_lockout=_int(env, "GW_AUTH_LOCKOUT", 60),
             ),
+            resume_grace=_int(env, "GW_RESUME_GRACE", 30),
             allowed_origins=tuple(o.strip().rstrip("/").lower()
                                   for o in env.get("GW_ALLOWED_ORIGINS", "").split(",") if o.strip()),
         )

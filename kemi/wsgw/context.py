@@ -29,7 +29,10 @@ class Context:
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("wsgw"))
 
     def send(self, conn: ConnRef, message: dict) -> bool:
-        from . import metrics  # metrics reads the context, so import here
+        """Send to a client; a registered client's messages get a `seq` and are kept for replay
+        (sessions.py). True when sent, or kept for a detached client to fetch with `attach`."""
+        from . import metrics, sessions  # both read the context, so import here
 
         metrics.frame_out(self, message)
-        return self.outbox.send(conn, message)
+        message, now = sessions.record(self, conn, message)
+        return self.outbox.send(conn, message) if now else True

@@ -15,6 +15,7 @@ NO_SUCH_CALL = "no_such_call"
 INVALID_STATE = "invalid_state"
 PEER_REJECTED = "peer_rejected"
 MEDIA_UNAVAILABLE = "media_unavailable"
+SESSION_EXPIRED = "session_expired"
 INTERNAL = "internal"
 
 ALL_CODES = (
@@ -31,6 +32,7 @@ ALL_CODES = (
     INVALID_STATE,
     PEER_REJECTED,
     MEDIA_UNAVAILABLE,
+    SESSION_EXPIRED,
     INTERNAL,
 )
 

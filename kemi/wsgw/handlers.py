@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from . import calls, conference, errors, limits, metrics, midcall, protocol, registrations, transfer
+from . import calls, conference, errors, limits, metrics, midcall, protocol, registrations, resume, transfer
 from .connections import ConnRef
 from .context import Context
 from .errors import GatewayError
@@ -18,7 +18,7 @@ from .protocol import Frame, ProtocolError
 Handler = Callable[[Context, ConnRef, Frame], None]
 
 # The only requests a connection may send before it is registered.
-UNAUTHENTICATED = frozenset({"register", "ping"})
+UNAUTHENTICATED = frozenset({"register", "attach", "ping"})
 
 
 def handle_unregister(ctx: Context, conn: ConnRef, frame: Frame) -> None:
@@ -40,6 +40,7 @@ def request(fn: RequestFn) -> Handler:
 # Message type -> handler; each module's function is the handler's whole body.
 HANDLERS: dict[str, Handler] = {
     "register": request(registrations.register),
+    "attach": request(resume.attach),
     "unregister": handle_unregister,
     "ping": handle_ping,
     "call": request(calls.place_call),

@@ -14,8 +14,8 @@ from typing import Iterator
 
 import KSR  # type: ignore[import-not-found]
 
-from . import (calls, handlers, health, limits, metrics, midcall, protocol, registrations, static_files, transfer,
-               ws_send)
+from . import (calls, handlers, health, limits, metrics, midcall, protocol, registrations, resume, static_files,
+               transfer, ws_send)
 from .config import GatewayConfig
 from .connections import ConnRef
 from .context import Context
@@ -174,11 +174,19 @@ class Gateway:
     def on_websocket_closed(self) -> None:
         proto = _PROTO_BY_NAME.get(str(KSR.pv.get("$pr")).lower(), ws_send.PROTO_WS)
         conn = ConnRef(proto, str(KSR.pv.get("$si")), int(KSR.pv.get("$sp")))
+        if not limits.connection_closed(self.ctx, conn.ip, conn.port):
+            return  # reported already (see on_tcp_closed)
         self.ctx.log.info("websocket closed conn=%s", conn)
-        calls.connection_closed(self.ctx, conn)
-        registrations.connection_closed(self.ctx, conn)
-        limits.connection_closed(self.ctx, conn.ip)
+        if not resume.detach(self.ctx, conn):  # else kept for GW_RESUME_GRACE, waiting for `attach`
+            resume.end_connection(self.ctx, conn)
         limits.forget_connection(self.ctx, conn.key)
+
+    def on_tcp_closed(self) -> None:
+        """tcpops' tcp:closed / tcp:reset / tcp:timeout. The websocket module runs its closed
+        event only after a close frame, so a WebSocket lost without one (network failure, a
+        killed browser) is seen only here."""
+        if str(KSR.pv.get("$pr")).lower() in ("ws", "wss"):
+            self.on_websocket_closed()
 
     # -- SIP replies to the gateway's own requests --
 
@@ -366,11 +374,11 @@ class Gateway:
             if not limits.origin_allowed(self.ctx.config.allowed_origins, origin):
                 self.ctx.log.warning("websocket refused origin=%s ip=%s", origin[:100], ip)
                 KSR.xhttp.xhttp_reply(403, "Forbidden", "text/plain", "origin not allowed\n")
-            elif not limits.connection_opened(self.ctx, ip):
+            elif not limits.connection_opened(self.ctx, ip, int(KSR.pv.get("$sp"))):
                 self.ctx.log.warning("websocket refused: too many connections from ip=%s", ip)
                 KSR.xhttp.xhttp_reply(429, "Too Many Requests", "text/plain", "too many connections\n")
             elif KSR.websocket.handle_handshake() < 0:
-                limits.connection_closed(self.ctx, ip)
+                limits.connection_closed(self.ctx, ip, int(KSR.pv.get("$sp")))
             return 1
         path = str(KSR.pv.get("$hu") or "/").split("?")[0]
         if path == "/metrics":
@@ -391,3 +399,4 @@ class Gateway:
     def on_timer(self) -> None:
         registrations.tick(self.ctx)
         calls.tick(self.ctx)
+        resume.tick(self.ctx)

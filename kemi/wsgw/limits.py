@@ -42,7 +42,7 @@ def check_call_limit(ctx: Context, conn_key: str) -> None:
         raise GatewayError(errors.RATE_LIMITED, f"at most {ctx.config.limits.max_calls_per_conn} calls per connection")
 
 
-def connection_opened(ctx: Context, ip: str) -> bool:
+def connection_opened(ctx: Context, ip: str, port: int) -> bool:
     """Count a new WebSocket from `ip`; False (and not counted) when the IP has too many."""
     key = "ip|" + ip
     with ctx.store.lock(LIMITS, key):
@@ -50,17 +50,28 @@ def connection_opened(ctx: Context, ip: str) -> bool:
         if count >= ctx.config.limits.max_conns_per_ip:
             return False
         ctx.store.put(LIMITS, key, str(count + 1))
+        ctx.store.put(LIMITS, _open_key(ip, port), "1")
     return True
 
 
-def connection_closed(ctx: Context, ip: str) -> None:
+def connection_closed(ctx: Context, ip: str, port: int) -> bool:
+    """Uncount a WebSocket. True the first time only: a connection's end may be reported twice
+    (the websocket module after a close frame, tcpops when the TCP connection goes)."""
     key = "ip|" + ip
     with ctx.store.lock(LIMITS, key):
+        if ctx.store.get(LIMITS, _open_key(ip, port)) is None:
+            return False
+        ctx.store.delete(LIMITS, _open_key(ip, port))
         count = int(ctx.store.get(LIMITS, key) or 0)
         if count <= 1:
             ctx.store.delete(LIMITS, key)
         else:
             ctx.store.put(LIMITS, key, str(count - 1))
+    return True
+
+
+def _open_key(ip: str, port: int) -> str:
+    return f"open|{ip}|{port}"
 
 
 def _fail_keys(dn: str, ip: str) -> list[str]:

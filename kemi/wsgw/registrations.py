@@ -16,7 +16,7 @@ import re
 import hmac
 from dataclasses import asdict, dataclass, field
 
-from . import PROTOCOL_VERSION, SERVER_NAME, errors, limits
+from . import PROTOCOL_VERSION, SERVER_NAME, VERSION, errors, limits, sessions
 from . import protocol
 from .connections import ConnRef
 from .context import Context
@@ -148,7 +148,7 @@ def _join(ctx: Context, conn: ConnRef, request_id: str | None, req: RegisterPayl
     reg.save(ctx)
     put_json(ctx.store, CONN, conn.key, {"dn": req.dn, "since": ctx.clock()})
     ctx.log.info("registered dn=%s conn=%s tabs=%d", req.dn, conn.key, len(reg.all_conns()))
-    ctx.send(conn, registered_message(reg, request_id))
+    ctx.send(conn, registered_message(reg, request_id, sessions.open_session(ctx, conn, reg.dn)))
 
 
 def _register_embedded(ctx: Context, conn: ConnRef, request_id: str | None, req: RegisterPayload) -> None:
@@ -168,13 +168,14 @@ def _register_embedded(ctx: Context, conn: ConnRef, request_id: str | None, req:
     put_json(ctx.store, CONN, conn.key, {"dn": req.dn, "since": now})
     limits.register_succeeded(ctx, req.dn)
     ctx.log.info("registered dn=%s conn=%s mode=embedded", req.dn, conn.key)
-    ctx.send(conn, registered_message(reg, request_id))
+    ctx.send(conn, registered_message(reg, request_id, sessions.open_session(ctx, conn, reg.dn)))
 
 
-def registered_message(reg: Registration, request_id: str | None) -> dict:
+def registered_message(reg: Registration, request_id: str | None, resume_token: str) -> dict:
     return protocol.message(
         "registered",
-        {"dn": reg.dn, "expires": reg.expires, "server": SERVER_NAME, "protocol": PROTOCOL_VERSION},
+        {"dn": reg.dn, "expires": reg.expires, "server": SERVER_NAME, "version": VERSION,
+         "protocol": PROTOCOL_VERSION, "resumeToken": resume_token},
         request_id,
     )
 
@@ -214,8 +215,21 @@ def connection_closed(ctx: Context, conn: ConnRef) -> None:
     ctx.store.delete(CONN, conn.key)
 
 
+def rebind(ctx: Context, dn: str, old: str, new: str) -> None:
+    """The client on connection `old` continues on `new` (resume.attach)."""
+    with ctx.store.lock(REG, dn):
+        reg = Registration.load(ctx, dn)
+        if reg is None:
+            return
+        if reg.conn == old:
+            reg.conn = new
+        reg.tabs = [new if key == old else key for key in reg.tabs]
+        reg.save(ctx)
+
+
 def release(ctx: Context, conn: ConnRef, dn: str) -> None:
     """Remove the DN's binding to `conn`; upstream, send REGISTER with Expires: 0."""
+    sessions.close(ctx, sessions.owner_of(ctx, conn).key)
     ctx.store.delete(CONN, conn.key)
     with ctx.store.lock(REG, dn):
         reg = Registration.load(ctx, dn)
@@ -366,11 +380,13 @@ def _on_register_ok(ctx: Context, reg: Registration, reply: SipReply) -> None:
     ctx.log.info("upstream registered dn=%s expires=%d refresh_in=%.1f", reg.dn, expires, reg.refresh_at - now)
     if first:
         limits.register_succeeded(ctx, reg.dn)
-        ctx.send(ConnRef.from_key(reg.conn), registered_message(reg, request_id))
+        conn = ConnRef.from_key(reg.conn)
+        ctx.send(conn, registered_message(reg, request_id, sessions.open_session(ctx, conn, reg.dn)))
     elif recovered:
         # Registered again after registrationLost: tell every tab (an event, no id).
         for key in reg.all_conns():
-            ctx.send(ConnRef.from_key(key), registered_message(reg, None))
+            conn = ConnRef.from_key(key)
+            ctx.send(conn, registered_message(reg, None, sessions.token_of(ctx, conn)))
 
 
 def failure_code(status: int) -> str:

@@ -15,12 +15,14 @@ from typing import Any, Iterator, Protocol
 from .protocol import decode, encode
 
 # Table names; each is declared with modparam("htable", ...) in kamailio/kamailio.cfg.
-CONN = "conn"  # ConnRef key -> {"dn": ..., "since": ...}
+CONN = "conn"  # ConnRef key -> {"dn": ..., "since": ..., "owner": session owner key if attached elsewhere}
 REG = "reg"  # DN -> Registration JSON
 REG_BY_CALL_ID = "regcid"  # SIP Call-ID of our REGISTER -> DN
 CALLS = "calls"
 CALLS_BY_SIP_ID = "callsip"
 COUNTERS = "gw"
+SESSIONS = "sess"  # session owner key -> Session JSON; "t|<resume token>" -> owner key (sessions.py)
+SESSION_EVENTS = "sessev"  # "<owner>|<seq>" -> a message kept for replay
 
 
 class Store(Protocol):

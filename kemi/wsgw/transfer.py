@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from urllib.parse import quote
 
 from . import errors, media, protocol
-from .calls import (CONFIRMED, Call, call_key, contact, key_for_request, locked, own_call, send, send_in_dialog,
+from .calls import (CONFIRMED, Call, key_of, contact, key_for_request, locked, own_call, send, send_in_dialog,
                     _send_bye)
 from .connections import ConnRef
 from .context import Context
@@ -88,7 +88,7 @@ def replaces_value(other: Call) -> str:
 
 
 def _replaces_target(ctx: Context, conn: ConnRef, call: Call, other_id: str) -> str:
-    other = Call.load(ctx, call_key(conn, other_id))
+    other = Call.load(ctx, key_of(ctx, conn, other_id))
     if other is None or other.key == call.key:
         raise GatewayError(errors.NO_SUCH_CALL, f"no other call {other_id} on this connection")
     if other.state != CONFIRMED:
@@ -203,7 +203,7 @@ def _notify(ctx: Context, call: Call, status: int, reason: str) -> None:
 
 def check_referred_by(ctx: Context, conn: ConnRef, referred_by: str) -> str:
     """The key of the call whose REFER a new `call` answers; invalid_state if there is none."""
-    with locked(ctx, call_key(conn, referred_by)) as original:
+    with locked(ctx, key_of(ctx, conn, referred_by)) as original:
         if original is None:
             raise GatewayError(errors.NO_SUCH_CALL, f"no call {referred_by} on this connection")
         if not original.refer_in:

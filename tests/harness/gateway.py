@@ -61,6 +61,8 @@ class Gateway:
                 "GW_AUTH_FAIL_LIMIT": "10000",
                 "GW_MAX_CONNS_PER_IP": "10000",
                 "GW_SIP_RATE": "100000",
+                # Most tests expect a closed client's calls to end at once; test_resume sets a grace.
+                "GW_RESUME_GRACE": "0",
             }
         )
         env.update(self.env)

@@ -45,6 +45,14 @@ class WsClient:
         self._cm.__exit__(None, None, None)
         self._reader.join(timeout=5)
 
+    def drop(self) -> None:
+        """Lose the connection as a network failure does: the TCP socket goes, no close frame."""
+        import socket
+
+        self.ws.socket.shutdown(socket.SHUT_RDWR)
+        self.ws.socket.close()
+        # Not joined: the reader notices in its own time, and the test must not wait for it.
+
     def __enter__(self) -> "WsClient":
         return self
 

@@ -32,11 +32,15 @@ class FakeOutbox:
     """Records every (conn, message) the core sends to a WebSocket client."""
 
     def __init__(self) -> None:
+        # `sent` without the session's `seq` (most tests are about the message itself);
+        # `stamped` exactly as sent (test_sessions, test_resume).
         self.sent: list[tuple[ConnRef, dict]] = []
+        self.stamped: list[tuple[ConnRef, dict]] = []
         self.result = True
 
     def send(self, conn: ConnRef, message: dict) -> bool:
-        self.sent.append((conn, message))
+        self.stamped.append((conn, message))
+        self.sent.append((conn, {k: v for k, v in message.items() if k != "seq"}))
         return self.result
 
     def messages(self, conn: ConnRef | None = None) -> list[dict]:
@@ -164,3 +168,16 @@ def register(ctx, conn, dn: str, display_name: str = "") -> None:
     registrations.register(ctx, conn, "reg", RegisterPayload(dn=dn, password=f"secret{dn}", display_name=display_name))
     assert registrations.connection_of_dn(ctx, dn) == conn
     ctx.outbox.clear()
+
+
+class _AnyResumeToken:
+    """Equal to any resume token (they are random): for comparing `registered` messages."""
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, str) and re.fullmatch(r"[A-Za-z0-9_-]{32}", other) is not None
+
+    def __repr__(self) -> str:
+        return "<any resume token>"
+
+
+RESUME_TOKEN = _AnyResumeToken()

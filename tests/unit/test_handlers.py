@@ -7,8 +7,8 @@ import logging
 
 import pytest
 
-from fakes import START_TIME, parse_headers
-from wsgw import PROTOCOL_VERSION, SERVER_NAME, errors, handlers, protocol
+from fakes import RESUME_TOKEN, START_TIME, parse_headers
+from wsgw import PROTOCOL_VERSION, SERVER_NAME, VERSION, errors, handlers, protocol
 from wsgw.errors import GatewayError
 from wsgw.protocol import MAX_FRAME_BYTES
 from wsgw.registrations import connection_of_dn
@@ -186,8 +186,8 @@ def test_exception_from_subscribers_is_internal(make_ctx, conn):
 def test_embedded_register_unregister_flow(ctx, conn, conn2):
     assert send(ctx, conn, {"type": "register", "id": "r1",
                             "payload": {"dn": "5001", "password": "secret5001", "displayName": "Agent 5001"}}) == [
-        {"type": "registered", "payload": {"dn": "5001", "expires": 600, "server": SERVER_NAME,
-                                           "protocol": PROTOCOL_VERSION}, "id": "r1"}
+        {"type": "registered", "payload": {"dn": "5001", "expires": 600, "server": SERVER_NAME, "version": VERSION,
+                                           "protocol": PROTOCOL_VERSION, "resumeToken": RESUME_TOKEN}, "id": "r1"}
     ]
     assert connection_of_dn(ctx, "5001") == conn
     # A second tab of the same agent joins the registration.

@@ -329,5 +329,5 @@ def test_decode_roundtrip():
 
 
 def test_error_codes_are_unique_and_complete():
-    assert len(set(errors.ALL_CODES)) == len(errors.ALL_CODES) == 14
+    assert len(set(errors.ALL_CODES)) == len(errors.ALL_CODES) == 15
     assert errors.BAD_JSON in errors.ALL_CODES and errors.INTERNAL in errors.ALL_CODES

@@ -147,7 +147,9 @@ def test_every_message_is_listed_once(schema):
         d = schema["$defs"][name]
         assert d["properties"]["type"]["const"] == name
         assert d["additionalProperties"] is False
-        assert set(d["properties"]) == {"type", "payload", "id"}
+        # Server messages carry the session's seq (sessions.py); client messages do not.
+        server = {"$ref": f"#/$defs/{name}"} in schema["$defs"]["serverMessage"]["oneOf"]
+        assert set(d["properties"]) == ({"type", "payload", "id", "seq"} if server else {"type", "payload", "id"})
     assert not _type_consts(schema, "clientMessage") & _type_consts(schema, "serverMessage")
 
 

@@ -6,8 +6,8 @@ import hashlib
 
 import pytest
 
-from fakes import START_TIME, auth_params, parse_headers, reply_to
-from wsgw import PROTOCOL_VERSION, SERVER_NAME, errors, registrations
+from fakes import RESUME_TOKEN, START_TIME, auth_params, parse_headers, reply_to
+from wsgw import PROTOCOL_VERSION, SERVER_NAME, VERSION, errors, registrations
 from wsgw.connections import ConnRef
 from wsgw.digest import Challenge, authorization
 from wsgw.errors import GatewayError
@@ -44,7 +44,8 @@ def md5(s: str) -> str:
 
 
 def registered_msg(dn: str, expires: int, rid: str | None) -> dict:
-    msg = {"type": "registered", "payload": {"dn": dn, "expires": expires, "server": SERVER_NAME, "protocol": PROTOCOL_VERSION}}
+    msg = {"type": "registered", "payload": {"dn": dn, "expires": expires, "server": SERVER_NAME, "version": VERSION,
+                                             "protocol": PROTOCOL_VERSION, "resumeToken": RESUME_TOKEN}}
     if rid is not None:
         msg["id"] = rid
     return msg
@@ -956,8 +957,10 @@ def test_contact_uri(make_ctx):
 
 def test_registered_message_shape():
     reg = Registration(dn="5001", conn="ws|h|1", expires=77)
-    assert registrations.registered_message(reg, "x") == registered_msg("5001", 77, "x")
-    assert "id" not in registrations.registered_message(reg, None)
+    token = "A" * 32
+    assert registrations.registered_message(reg, "x", token) == registered_msg("5001", 77, "x")
+    assert registrations.registered_message(reg, "x", token)["payload"]["resumeToken"] == token
+    assert "id" not in registrations.registered_message(reg, None, token)
 
 
 def test_registration_save_load_roundtrip(make_ctx):

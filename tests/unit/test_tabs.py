@@ -8,10 +8,10 @@ from dataclasses import replace
 
 import pytest
 
-from fakes import parse_headers, reply_to
+from fakes import RESUME_TOKEN, parse_headers, reply_to
 from harness.sdp import CHROME_OFFER, PCMU_ANSWER
 from test_calls import PHONE_OFFER, make_invite, place
-from wsgw import PROTOCOL_VERSION, SERVER_NAME, calls, errors, protocol, registrations
+from wsgw import PROTOCOL_VERSION, SERVER_NAME, VERSION, calls, errors, protocol, registrations
 from wsgw.calls import (CONFIRMED, RINGING, Call, CallIdPayload, CallPayload, answer, call_key, check_inbound, hangup,
                         leg_key, on_remote_bye, on_remote_cancel, place_call, reject, ring_inbound, tick)
 from wsgw.connections import ConnRef
@@ -33,7 +33,8 @@ def msg(msg_type: str, payload: dict, rid: str | None = None) -> dict:
 
 
 def registered(dn: str, expires: int, rid: str | None) -> dict:
-    return msg("registered", {"dn": dn, "expires": expires, "server": SERVER_NAME, "protocol": PROTOCOL_VERSION}, rid)
+    return msg("registered", {"dn": dn, "expires": expires, "server": SERVER_NAME, "version": VERSION,
+                                             "protocol": PROTOCOL_VERSION, "resumeToken": RESUME_TOKEN}, rid)
 
 
 def sent(ctx, conn=None) -> list[dict]:
