@@ -71,6 +71,8 @@ class GatewayConfig:
     allowed_origins: tuple[str, ...] = ()
     # Seconds a dropped client's registration and calls wait for `attach` (resume.py); 0 = end at once.
     resume_grace: int = 30
+    # Bearer token of the REST API under /api/v1/ (api.py); empty = only /api/v1/health answers.
+    api_token: str = field(default="", repr=False)
     extra: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -122,4 +124,5 @@ class GatewayConfig:
             resume_grace=_int(env, "GW_RESUME_GRACE", 30),
             allowed_origins=tuple(o.strip().rstrip("/").lower()
                                   for o in env.get("GW_ALLOWED_ORIGINS", "").split(",") if o.strip()),
+            api_token=env.get("GW_API_TOKEN", "").strip(),
         )

@@ -14,7 +14,7 @@ from typing import Iterator
 
 import KSR  # type: ignore[import-not-found]
 
-from . import (calls, handlers, health, limits, metrics, midcall, protocol, registrations, resume, static_files,
+from . import (api, calls, handlers, health, limits, metrics, midcall, protocol, registrations, resume, static_files,
                transfer, ws_send)
 from .config import GatewayConfig
 from .connections import ConnRef
@@ -153,6 +153,7 @@ class Gateway:
             media=relay_from_config(config.media, config.rtpengine, config.codecs),
             log=log,
         )
+        api.record_start(self.ctx)
 
     # -- WebSocket frames (received-route callback) --
 
@@ -380,7 +381,11 @@ class Gateway:
             elif KSR.websocket.handle_handshake() < 0:
                 limits.connection_closed(self.ctx, ip, int(KSR.pv.get("$sp")))
             return 1
-        path = str(KSR.pv.get("$hu") or "/").split("?")[0]
+        target = str(KSR.pv.get("$hu") or "/")
+        path = target.split("?")[0]
+        if path == "/api" or path.startswith("/api/"):
+            self._api(target)
+            return 1
         if path == "/metrics":
             KSR.xhttp.xhttp_reply(200, "OK", "text/plain; version=0.0.4", metrics.render(self.ctx))
             return 1
@@ -393,6 +398,13 @@ class Gateway:
         else:
             KSR.xhttp.xhttp_reply(200, "OK", found.content_type, found.text)
         return 1
+
+    def _api(self, target: str) -> None:
+        """The REST API (api.py): any method reaches here (xhttp passes every HTTP request)."""
+        resp = api.handle(self.ctx, str(KSR.pv.get("$rm") or ""), target, str(KSR.pv.get("$hdr(Authorization)") or ""))
+        for name, value in resp.headers.items():  # sl adds these reply lumps to the HTTP response
+            KSR.hdr.append_to_reply(f"{name}: {value}\r\n")
+        KSR.xhttp.xhttp_reply(resp.status, resp.reason, "application/json", protocol.encode(resp.body))
 
     # -- timer process --
 
