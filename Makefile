@@ -13,7 +13,7 @@ DEB_PACKAGES := kamailio kamailio-python3-modules kamailio-websocket-modules \
 	sip-tester rtpengine-daemon openssl python3 python3-venv python3-pip
 # Browser tests: Debian's Chromium (Playwright drives it; no browser download) and
 # Node.js for the client build (esbuild from the npm registry).
-TEST_DEB_PACKAGES := chromium fonts-dejavu-core
+TEST_DEB_PACKAGES := chromium fonts-dejavu-core docker-compose
 NODE_DEB_PACKAGES := nodejs npm
 CLIENT_MIN := client/dist/webrtc-custom.min.js
 
