@@ -80,7 +80,16 @@ export interface GatewayError extends Error {
 }
 
 export interface CallAcceptedPayload { callId: string; sdp: string; codecs: string[] }
-export interface RegisteredPayload { dn: string; expires: number; server: string; protocol: number; iceServers?: RTCIceServer[] }
+export interface RegisteredPayload {
+  dn: string; expires: number; server: string; version: string; protocol: number; resumeToken: string;
+  iceServers?: RTCIceServer[];
+}
+
+/** After a dropped connection the library sends `attach` by itself; this is its reply. */
+export interface AttachedPayload {
+  dn: string; resumeToken: string; replayed: number; lost: number;
+  calls: { callId: string; direction: 'outbound' | 'inbound'; state: string; peer: string }[];
+}
 
 export interface CandidateInfo { type?: RTCIceCandidateType; address?: string; port?: number; protocol?: string }
 
@@ -114,6 +123,8 @@ export interface GatewayClientEventMap {
   /** A call changed (state, mute, media connection); also when it ended (state 'ended'). */
   callstate: CustomEvent<Call>;
   registered: CustomEvent<RegisteredPayload>;
+  /** The session (registration and calls) was taken over again after a dropped connection. */
+  attached: CustomEvent<AttachedPayload>;
   unregistered: CustomEvent<{ dn: string }>;
   pong: CustomEvent<{ time: number }>;
   error: CustomEvent<{ code: string; reason: string; requestType?: string }>;
@@ -152,10 +163,12 @@ export class GatewayClient extends EventTarget {
   /** The DN of the last registration. */
   readonly dn: string | null;
 
-  /** Opens the WebSocket (subprotocol 'sip') and keeps it open, reconnecting with back-off and
-   * re-registering with the last credentials, until close(). Resolves once open. */
+  /** Opens the WebSocket (subprotocol 'sip') and keeps it open until close(), reconnecting with
+   * back-off. After a drop it first resumes the session with `attach` (calls stay up, missed events
+   * are replayed); if the gateway no longer has it, the calls end ('disconnected') and it
+   * re-registers with the last credentials. Resolves once open. */
   connect(): Promise<void>;
-  /** Closes for good. */
+  /** Closes for good: unregisters first, so the gateway ends the calls at once. */
   close(): void;
 
   register(dn: string, password: string, displayName?: string): Promise<RegisteredPayload>;

@@ -68,6 +68,8 @@ export class GatewayClient extends EventTarget {
   #ping;
   #stop = true;
   #cred = null;
+  #tok = null; // resume token: after a drop, `attach` takes the session (and its calls) over
+  #last = 0; // highest seq handled
 
   /** @param {string} url @param {GatewayOptions} [options] */
   constructor(url, options = {}) {
@@ -104,6 +106,9 @@ export class GatewayClient extends EventTarget {
   /** Closes the connection for good (the gateway then ends this connection's calls). */
   close() {
     this.#stop = true;
+    // Unregistered, the session ends with the socket instead of waiting for an attach.
+    if (this.#tok && this.#ws?.readyState == 1) this.#ws.send('{"type":"unregister"}');
+    this.#tok = null;
     clearTimeout(this.#rt);
     this.#ws ? this.#closed() : this.#set('closed');
   }
@@ -118,7 +123,8 @@ export class GatewayClient extends EventTarget {
         () => this.#req('ping').catch((e) => e.code == 'timeout' && ws == this.#ws && this.#closed()),
         this.o.pingIntervalMs,
       );
-      if (this.#cred) this.register(...this.#cred).catch(warn);
+      if (this.#tok) this.#attach();
+      else if (this.#cred) this.register(...this.#cred).catch(warn);
     };
     ws.onmessage = (e) => this.#recv(e.data);
     ws.onclose = ws.onerror = () => this.#closed(); // error: a failed connection (always followed by close in browsers)
@@ -134,8 +140,8 @@ export class GatewayClient extends EventTarget {
     this.registered = false;
     for (const q of this.#p.values()) clearTimeout(q.t), q.rej(fail('closed', 'connection closed'));
     this.#p.clear();
-    // The gateway ends every call of a closed connection.
-    for (const c of this.calls.values()) this.#end(c, { callId: c.callId, by: 'local', reason: 'disconnected' }, 1);
+    // Without a session to resume, the gateway ends every call of a closed connection.
+    if (!this.#tok || this.#stop) this.#endAll();
     if (this.#stop) return this.#set('closed');
     const { baseMs, maxMs } = this.o.reconnect, d = Math.min(maxMs, baseMs * 2 ** this.#n++);
     this.#set('reconnecting');
@@ -169,6 +175,10 @@ export class GatewayClient extends EventTarget {
     } catch {}
     this.#emit('message', { direction: 'in', frame: m, text });
     if (!m?.type) return;
+    if (m.seq) {
+      if (m.seq <= this.#last) return; // replayed after an attach, handled already
+      this.#last = m.seq;
+    }
     const { type, id, payload: p = {} } = m, q = id && this.#p.get(id), c = this.calls.get(p.callId);
     if (q) {
       this.#p.delete(id);
@@ -177,10 +187,13 @@ export class GatewayClient extends EventTarget {
     }
     switch (type) {
       case 'registered':
-        this.registered = true;
-        this.dn = p.dn;
         if (p.iceServers) this.iceServers = p.iceServers;
         if (p.protocol != 1) warn('protocol ' + p.protocol);
+      case 'attached': // the session is back: calls the gateway no longer has are gone
+        for (const c of this.calls.values()) p.calls && !p.calls.some((x) => x.callId == c.callId) && this.#gone(c);
+        this.registered = true;
+        this.dn = p.dn;
+        this.#tok = p.resumeToken;
         break;
       case 'unregistered':
         this.registered = false;
@@ -217,14 +230,29 @@ export class GatewayClient extends EventTarget {
 
   /** @returns {Promise<object>} registered's payload; kept for automatic re-registration after a reconnect */
   async register(dn, password, displayName) {
+    this.#last = 0; // a new session counts from 1
     const m = await this.#req('register', { dn, password, displayName }, LONG);
     this.#cred = [dn, password, displayName];
     return m.payload;
   }
 
+  #attach() {
+    this.#req('attach', { token: this.#tok, lastSeq: this.#last }).catch((e) => {
+      if (e.code != 'closed') (this.#tok = null), this.#endAll(), this.#cred && this.register(...this.#cred).catch(warn);
+    });
+  }
+
+  #gone(c) {
+    this.#end(c, { callId: c.callId, by: 'local', reason: 'disconnected' }, 1);
+  }
+
+  #endAll() {
+    for (const c of this.calls.values()) this.#gone(c);
+  }
+
   /** @returns {Promise<object>} unregistered's payload */
   async unregister() {
-    this.#cred = null;
+    this.#cred = this.#tok = null;
     return (await this.#req('unregister')).payload;
   }
 
