@@ -54,7 +54,7 @@ class kamailio:
         return _guard(self.gw.on_sip_request)
 
     def ksr_reply_route(self, msg):
-        return 1
+        return _guard(self.gw.on_sip_reply)
 
     def ksr_onsend_route(self, msg):
         return 1

@@ -22,6 +22,8 @@ from .context import Context
 from .sip_port import OutgoingRequest, SipReply
 from .media import relay_from_config
 from .subscribers import load_subscribers
+from . import sip_proxy
+from .errors import GatewayError
 
 _SIP_FIRST_LINE = re.compile(r"^(?:[A-Z]+ \S+ SIP/2\.0|SIP/2\.0 \d{3} )")
 # In the websocket:closed event $pr names the transport under the WebSocket (tcp or tls).
@@ -130,6 +132,172 @@ class TmSipPort:
         return rc >= 0
 
 
+class SipProxy:
+    """Kamailio as a plain SIP proxy/registrar for legacy clients speaking SIP over the
+    WebSocket port (JsSIP), and for requests meant for them (docs/MIGRATION.md).
+
+    One method per routing step, as in Kamailio's KEMI examples; the decisions are in
+    sip_proxy.py. Requests that are not for a legacy client are left to Gateway's own
+    paths (JSON DNs), which stay as they were.
+    """
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+
+    def route(self) -> bool:
+        """True when the request was handled here; False leaves it to the gateway."""
+        from_ws = str(KSR.pv.get("$pr") or "").lower() in sip_proxy.WS_PROTOS
+        method = str(KSR.pv.get("$rm") or "")
+        if from_ws:
+            self._ws_contact(method)
+        if KSR.pv.get("$tt"):
+            return self._within_dialog(method)
+        if method == "REGISTER":
+            if from_ws:
+                self._register()
+            return from_ws
+        if method != "INVITE":
+            return False  # CANCEL, OPTIONS ...: the gateway's handling covers proxied transactions too
+        if from_ws:
+            self._invite_from_legacy()
+            return True
+        return self._invite_to_legacy()
+
+    def _ws_contact(self, method: str) -> None:
+        """A WebSocket client's Contact (`x@y.invalid;transport=ws`) cannot be reached as written:
+        remember the connection (as Kamailio's WebSocket example does, NAT or not)."""
+        KSR.force_rport()
+        if method == "REGISTER":
+            KSR.nathelper.fix_nated_register()  # usrloc keeps the source as `received`
+        else:
+            KSR.nathelper.add_contact_alias()  # ;alias=ip~port~proto, undone by handle_ruri_alias
+
+    def _our_route(self) -> bool:
+        uri = sip_proxy.first_route_uri(str(KSR.pv.get("$(hdr(Route)[0])") or ""))
+        return bool(uri) and bool(KSR.is_myself(uri))
+
+    def _within_dialog(self, method: str) -> bool:
+        """In-dialog requests of dialogs this proxy record-routed carry our Route: relay them.
+        The gateway's own dialogs with JSON clients carry none and stay with the gateway."""
+        if not self._our_route():
+            return False
+        # Loose routing only: the Request-URI may be this gateway (a JSON leg's Contact), which
+        # plain loose_route would take for a strict router's doing.
+        if KSR.rr.loose_route_mode(1) < 0:
+            return False
+        if not KSR.isdsturiset():
+            KSR.nathelper.handle_ruri_alias()  # toward a WebSocket client: its connection
+        self._relay()
+        return True
+
+    def _authenticated(self, method: str) -> bool:
+        """Digest check against the subscriber file (the JSON clients' passwords); failures count
+        toward the same lockout as JSON `register`. False when the request has been answered."""
+        ctx = self.ctx
+        dn = str(KSR.pv.get("$tU" if method == "REGISTER" else "$fU") or "")
+        ip = str(KSR.pv.get("$si"))
+        try:
+            limits.check_register_lockout(ctx, dn, ip)
+        except GatewayError:
+            KSR.sl.sl_send_reply(403, "Too Many Failed Attempts")
+            return False
+        realm = sip_proxy.realm(method, str(KSR.pv.get("$td") or ""), str(KSR.pv.get("$fd") or ""),
+                                ctx.config.listen_ip)
+        verdict = sip_proxy.auth_verdict(KSR.auth.pv_auth_check(
+            realm, sip_proxy.digest_password(ctx.subscribers, dn), 0, 1))
+        if verdict == sip_proxy.OK:
+            limits.register_succeeded(ctx, dn)
+            KSR.auth.consume_credentials()  # not forwarded
+            return True
+        if verdict == sip_proxy.FORBIDDEN:
+            limits.register_failed(ctx, dn, ip)
+            ctx.log.info("sip auth failed method=%s dn=%s ip=%s", method, dn, ip)
+            KSR.sl.sl_send_reply(403, "Forbidden")
+            return False
+        KSR.auth.auth_challenge(realm, sip_proxy.challenge_flags(verdict))
+        return False
+
+    def _register(self) -> None:
+        """REGISTER from a legacy client: saved here (embedded) or proxied to the PBX (upstream)."""
+        nexthop = sip_proxy.register_nexthop(self.ctx.config)
+        if nexthop:
+            # The PBX reaches the client back through us: Path with the WebSocket's address.
+            KSR.path.add_path_received()
+            KSR.setdsturi(nexthop)
+            self._relay()
+            return
+        if not self._authenticated("REGISTER"):
+            return
+        if KSR.registrar.save("location", 0) < 0:
+            KSR.sl.sl_reply_error()
+            return
+        self.ctx.log.info("sip registered dn=%s via=%s:%s expires=%s", KSR.pv.get("$tU"), KSR.pv.get("$si"),
+                          KSR.pv.get("$sp"), KSR.pv.get("$hdr(Expires)"))
+
+    def _invite_from_legacy(self) -> None:
+        """An initial INVITE from a legacy client: to a JSON DN, another legacy client or the SIP side."""
+        ctx = self.ctx
+        # A preloaded Route (JsSIP's use_preloaded_route names us) is dropped: the proxy decides the route.
+        KSR.hdr.remove("Route")
+        # Upstream mode: the PBX authenticates, as it did when JsSIP registered there directly.
+        if ctx.config.embedded and not self._authenticated("INVITE"):
+            return
+        dialled = str(KSR.pv.get("$rU") or "")
+        target = sip_proxy.legacy_invite_target(
+            dialled, ctx.config, lambda dn: bool(registrations.connections_of_dn(ctx, dn)))
+        ctx.log.info("sip call from=%s to=%s route=%s", KSR.pv.get("$fU"), dialled, target.kind)
+        if target.kind == sip_proxy.REPLY:
+            KSR.sl.sl_send_reply(target.code, target.reason)
+            return
+        KSR.seturi(target.ruri)
+        # A legacy binding: lookup puts the client's WebSocket in $du.
+        found = target.kind == sip_proxy.LOCATION and KSR.registrar.lookup("location") > 0
+        if not found and target.nexthop:
+            # GATEWAY (and LOCATION without a binding): a spiral through our own SIP port, where
+            # the gateway's inbound path rings the JSON client or answers 404/480. RELAY: the SIP side.
+            KSR.setdsturi(target.nexthop)
+        self._relay_initial()
+
+    def _invite_to_legacy(self) -> bool:
+        """An initial INVITE from the SIP side (a PBX, or this gateway's own looped INVITE of a JSON
+        `call`) for a user a legacy client registered. False: not for a legacy client."""
+        if self._our_route():
+            # Upstream mode: the PBX routes to a legacy client through the Path added at REGISTER;
+            # path's `received` puts the client's WebSocket in $du.
+            KSR.rr.loose_route_mode(1)
+            if not sip_proxy.is_ws_uri(str(KSR.pv.get("$du") or "")):
+                return False
+            self._relay_initial()
+            return True
+        if not self.ctx.config.embedded or not KSR.is_myself_ruri():
+            return False
+        if registrations.connections_of_dn(self.ctx, str(KSR.pv.get("$rU") or "")):
+            return False  # a JSON client: the gateway's own inbound path
+        if KSR.registrar.lookup("location") < 0:
+            return False  # nobody: the gateway answers 404 or 480
+        self._relay_initial()
+        return True
+
+    def _relay_initial(self) -> None:
+        """Relay a dialog-creating INVITE, staying on the path for the dialog's later requests."""
+        KSR.rr.record_route()
+        if KSR.tm.t_newtran() <= 0:
+            return  # a retransmission: tm has answered it
+        KSR.tm.t_reply(100, "Trying")  # the cfg turns tm's automatic 100 off (the gateway's own INVITEs)
+        self._relay()
+
+    def _relay(self) -> None:
+        # SDP untouched: both ends are WebRTC browsers, so media stays end to end.
+        if KSR.tm.t_relay() < 0:
+            KSR.sl.sl_reply_error()
+
+    def on_reply(self) -> None:
+        """Core reply route: a reply from a WebSocket client gets the connection in its Contact,
+        so the other side's in-dialog requests can reach it (handle_ruri_alias)."""
+        if str(KSR.pv.get("$pr") or "").lower() in sip_proxy.WS_PROTOS:
+            KSR.nathelper.add_contact_alias()
+
+
 class Gateway:
     """Per-process glue created by the KEMI entry (kemi/gateway.py)."""
 
@@ -153,6 +321,7 @@ class Gateway:
             media=relay_from_config(config.media, config.rtpengine, config.codecs),
             log=log,
         )
+        self.proxy = SipProxy(self.ctx)  # legacy SIP-over-WebSocket clients
         api.record_start(self.ctx)
 
     # -- WebSocket frames (received-route callback) --
@@ -230,6 +399,9 @@ class Gateway:
             body=str(KSR.pv.get("$rb") or ""),
         )
 
+    def on_sip_reply(self) -> None:
+        self.proxy.on_reply()
+
     # -- SIP requests from the network --
 
     def on_sip_request(self) -> int:
@@ -249,6 +421,8 @@ class Gateway:
             return 1
         if KSR.maxfwd.process_maxfwd(10) < 0:
             KSR.sl.sl_send_reply(483, "Too Many Hops")
+            return 1
+        if self.proxy.route():  # legacy SIP-over-WebSocket clients, and requests for them
             return 1
         method = KSR.pv.get("$rm")
         sip_call_id = str(KSR.pv.get("$ci") or "")
