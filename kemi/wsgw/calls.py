@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Iterator
 
-from . import errors, protocol, registrations
+from . import errors, events, protocol, registrations
 from .connections import ConnRef
 from .context import Context
 from .errors import GatewayError
@@ -330,6 +330,7 @@ def _place_call(ctx: Context, conn: ConnRef, request_id: str | None, req: CallPa
     except GatewayError as exc:
         return fail(503, exc.reason)
     ctx.log.info("call out call=%s sip_call_id=%s from=%s to=%s route=%s", call.call_id, call.sip_call_id, dn, req.to, decision.kind)
+    events.emit(ctx, "call.out", callId=call.call_id, sipCallId=call.sip_call_id, dn=dn, to=req.to, route=decision.kind)
     if not _send_invite(ctx, call, ctx.config.session_expires, ctx.config.min_se):
         media.end(ctx, call)
         call.forget(ctx)
@@ -403,6 +404,9 @@ def on_invite_reply(ctx: Context, call: Call, reply: SipReply) -> None:
         return
     if 200 <= reply.status < 300:
         if call.state in (CONFIRMED, ENDING):
+            from . import metrics
+
+            metrics.sip_retransmission(ctx, "reply")
             return  # a retransmitted 200: tm has ACKed it again
         call.remote_tag = reply.to_tag
         call.remote_target = _contact_uri(reply.header("contact") or "") or call.remote_uri
@@ -428,6 +432,7 @@ def on_invite_reply(ctx: Context, call: Call, reply: SipReply) -> None:
         from . import metrics
 
         metrics.observe_setup(ctx, call.timing["accepted"] / 1000.0)
+        metrics.call_answered(ctx, "outbound")
         ctx.log.info("call answered call=%s sip_call_id=%s timing=%s", call.call_id, call.sip_call_id,
                      ",".join(f"{k}:{v}" for k, v in call.timing.items()))
         send(ctx, conn, "callAccepted",
@@ -678,6 +683,9 @@ def ring_inbound(ctx: Context, invite: InboundInvite, t_index: int, t_label: int
         _set_forks(ctx, tabs[0], [c.key for c in tabs])
     ctx.log.info("call in call=%s sip_call_id=%s to=%s from=%s tabs=%d", call_id, invite.sip_call_id, invite.dn,
                  invite.from_user, len(tabs))
+    # Links the two ids: the INVITE's own events (sip.in, 100, 180) came before the call had a callId.
+    events.emit(ctx, "call.in", callId=call_id, sipCallId=invite.sip_call_id, dn=invite.dn, src=invite.from_user,
+                tabs=len(tabs))
     se = session_timer.parse_session_expires(invite.session_expires)
     if se is not None and session_timer.supports_timer(invite.supported):
         # The caller refreshes unless it asked us to (refresher=uas); armed when answered.
@@ -766,6 +774,9 @@ def _answer(ctx: Context, conn: ConnRef, request_id: str | None, req: CallIdPayl
     restart_session_timer(ctx, call)
     call.save(ctx)
     ctx.log.info("call answered call=%s sip_call_id=%s", call.call_id, call.sip_call_id)
+    from . import metrics
+
+    metrics.call_answered(ctx, "inbound")
     send(ctx, conn, "callAccepted", {"callId": call.call_id, "sdp": filtered.sdp, "codecs": filtered.codecs}, request_id)
 
 

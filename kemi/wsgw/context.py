@@ -14,6 +14,7 @@ from .store import Store
 from .subscribers import Subscribers
 
 if TYPE_CHECKING:
+    from .events import EventSink
     from .media import MediaRelay
 
 
@@ -27,12 +28,14 @@ class Context:
     media: "MediaRelay | None" = None  # None = passthrough (see media.py)
     clock: Callable[[], float] = time.time
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("wsgw"))
+    events: "EventSink | None" = None  # the structured event log (events.py); None = off
 
     def send(self, conn: ConnRef, message: dict) -> bool:
         """Send to a client; a registered client's messages get a `seq` and are kept for replay
         (sessions.py). True when sent, or kept for a detached client to fetch with `attach`."""
-        from . import metrics, sessions  # both read the context, so import here
+        from . import events, metrics, sessions  # they read the context, so import here
 
         metrics.frame_out(self, message)
         message, now = sessions.record(self, conn, message)
+        events.frame_out(self, conn.key, message)
         return self.outbox.send(conn, message) if now else True

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from . import calls, conference, errors, limits, metrics, midcall, protocol, registrations, resume, transfer
+from . import calls, conference, errors, events, limits, metrics, midcall, protocol, registrations, resume, transfer
 from .connections import ConnRef
 from .context import Context
 from .errors import GatewayError
@@ -67,6 +67,7 @@ def dispatch(ctx: Context, conn: ConnRef, text: str) -> None:
         ctx.send(conn, protocol.error_message(exc.code, exc.reason, exc.request_id, exc.msg_type))
         return
     metrics.frame_in(ctx, frame.type)
+    events.frame_in(ctx, conn.key, frame.type, frame.id, getattr(frame.payload, "call_id", None))
     if not allowed:
         ctx.send(conn, protocol.error_message(errors.RATE_LIMITED, "too many messages; slow down", frame.id, frame.type))
         return

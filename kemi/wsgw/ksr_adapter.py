@@ -14,7 +14,7 @@ from typing import Iterator
 
 import KSR  # type: ignore[import-not-found]
 
-from . import (api, calls, handlers, health, limits, metrics, midcall, protocol, registrations, resume, static_files,
+from . import (api, calls, events, handlers, health, limits, metrics, midcall, protocol, registrations, resume, static_files,
                transfer, ws_send)
 from .config import GatewayConfig
 from .connections import ConnRef
@@ -320,7 +320,9 @@ class Gateway:
             subscribers=subscribers,
             media=relay_from_config(config.media, config.rtpengine, config.codecs),
             log=log,
+            events=events.open_sink(os.environ.get("GW_EVENT_LOG", "stderr")),
         )
+        self.ctx.sip = events.LoggedSipPort(self.ctx.sip, self.ctx)
         self.proxy = SipProxy(self.ctx)  # legacy SIP-over-WebSocket clients
         api.record_start(self.ctx)
 
@@ -365,6 +367,7 @@ class Gateway:
 
     def on_uac_reply(self) -> None:
         reply = self._reply()
+        events.sip_resp(self.ctx, reply.status, reply.method, reply.cseq, reply.call_id, reply.from_tag, reply.to_tag)
         if reply.method == "REGISTER":
             registrations.on_register_reply(self.ctx, reply)
         else:
@@ -376,7 +379,7 @@ class Gateway:
             KSR.textops.set_reply_body(_continue["body"], "application/sdp")
         if _continue.get("headers"):
             KSR.hdr.append_to_reply(_continue["headers"])
-        KSR.tm.t_reply(_continue["code"], _continue["reason"])
+        self._t_reply(_continue["code"], _continue["reason"])
         _continue["to_tag"] = str(KSR.pv.get("$ltt(t)") or "")
         _continue["done"] = True
 
@@ -420,14 +423,15 @@ class Gateway:
             self.ctx.log.warning("sip flood from %s: dropped", KSR.pv.get("$si"))
             return 1
         if KSR.maxfwd.process_maxfwd(10) < 0:
-            KSR.sl.sl_send_reply(483, "Too Many Hops")
-            return 1
-        if self.proxy.route():  # legacy SIP-over-WebSocket clients, and requests for them
+            self._sl_reply(483, "Too Many Hops")
             return 1
         method = KSR.pv.get("$rm")
         sip_call_id = str(KSR.pv.get("$ci") or "")
         from_tag = str(KSR.pv.get("$ft") or "")
         to_tag = str(KSR.pv.get("$tt") or "")
+        events.sip_in(self.ctx, str(method), sip_call_id, from_tag, to_tag, f"{KSR.pv.get('$si')}:{KSR.pv.get('$sp')}")
+        if self.proxy.route():  # legacy SIP-over-WebSocket clients, and requests for them
+            return 1
         if method == "ACK":
             # Absorbs the ACK of our 2xx (else tm retransmits the 200) and of negative replies.
             KSR.tm.t_check_trans()
@@ -436,24 +440,44 @@ class Gateway:
             if KSR.tm.t_check_trans() > 0:
                 KSR.tm.t_relay()  # tm answers 200 to the CANCEL and 487 to the suspended INVITE
             else:
-                KSR.sl.sl_send_reply(481, "Call/Transaction Does Not Exist")
+                self._sl_reply(481, "Call/Transaction Does Not Exist")
             calls.on_remote_cancel(self.ctx, sip_call_id, from_tag)
             return 1
         if method == "OPTIONS":
-            KSR.sl.sl_send_reply(200, "OK")
+            self._sl_reply(200, "OK")
             return 1
         if to_tag:
             if method == "INVITE":
                 self._reinvite(midcall.Reinvite(sip_call_id, from_tag, to_tag, str(KSR.pv.get("$rb") or ""),
                                                 str(KSR.pv.get("$hdr(Contact)") or "")))
-            elif KSR.tm.t_newtran() > 0:  # statefully, so tm answers retransmissions itself
+            elif self._new_transaction():  # statefully, so tm answers retransmissions itself
                 self._in_dialog(method, sip_call_id, from_tag, to_tag)
             return 1
         if method == "INVITE":
             self._inbound_invite(sip_call_id, from_tag)
             return 1
-        KSR.sl.sl_send_reply(405, "Method Not Allowed")
+        self._sl_reply(405, "Method Not Allowed")
         return 1
+
+    def _t_reply(self, code: int, reason: str) -> None:
+        """Reply statefully to the request being handled, and log it (events.py)."""
+        KSR.tm.t_reply(code, reason)
+        self._log_reply(code)
+
+    def _sl_reply(self, code: int, reason: str) -> None:
+        KSR.sl.sl_send_reply(code, reason)
+        self._log_reply(code)
+
+    def _log_reply(self, code: int) -> None:
+        events.sip_reply(self.ctx, code, str(KSR.pv.get("$rm") or ""), str(KSR.pv.get("$ci") or ""),
+                         str(KSR.pv.get("$ft") or ""), str(KSR.pv.get("$tt") or ""))
+
+    def _new_transaction(self) -> bool:
+        """t_newtran: False for a retransmission (tm has resent its last reply; counted) or an error."""
+        rc = KSR.tm.t_newtran()
+        if rc == 0:
+            metrics.sip_retransmission(self.ctx, "request")
+        return rc > 0
 
     def _in_dialog(self, method: str, sip_call_id: str, from_tag: str, to_tag: str) -> None:
         body = str(KSR.pv.get("$rb") or "")
@@ -472,25 +496,25 @@ class Gateway:
             self._reply_now(midcall.on_remote_update(self.ctx, sip_call_id, from_tag, to_tag, bool(body)))
             return
         else:
-            KSR.tm.t_reply(501, "Not Implemented")
+            self._t_reply(501, "Not Implemented")
             return
-        KSR.tm.t_reply(code, _REASONS[code])
+        self._t_reply(code, _REASONS[code])
         if method == "REFER" and code == 202:
             transfer.notify_refer_accepted(self.ctx, sip_call_id, from_tag, to_tag)
 
     def _reinvite(self, inv: "midcall.Reinvite") -> None:
-        if KSR.tm.t_newtran() <= 0:
+        if not self._new_transaction():
             return  # a retransmission: tm resent the last reply
         immediate = midcall.check_reinvite(self.ctx, inv)
         if immediate is not None:
             self._reply_now(immediate)
             return
-        KSR.tm.t_reply(100, "Trying")
+        self._t_reply(100, "Trying")
         # tm's timer of the suspended transaction must outlast the browser's answer time.
         timeout_ms = (self.ctx.config.update_timeout + 10) * 1000
         KSR.tm.t_set_fr(timeout_ms, timeout_ms)
         if KSR.tmx.t_suspend() < 0:
-            KSR.tm.t_reply(500, "Server Error")
+            self._t_reply(500, "Server Error")
             return
         midcall.offer_update(self.ctx, inv, int(KSR.pv.get("$T(id_index)")), int(KSR.pv.get("$T(id_label)")))
 
@@ -499,10 +523,10 @@ class Gateway:
             KSR.textops.set_reply_body(reply.body, "application/sdp")
         if reply.headers:
             KSR.hdr.append_to_reply(reply.headers)
-        KSR.tm.t_reply(reply.code, reply.reason)
+        self._t_reply(reply.code, reply.reason)
 
     def _inbound_invite(self, sip_call_id: str, from_tag: str) -> None:
-        if KSR.tm.t_newtran() <= 0:
+        if not self._new_transaction():
             return  # a retransmission: tm resent the last reply
         invite = calls.InboundInvite(
             sip_call_id=sip_call_id,
@@ -523,17 +547,17 @@ class Gateway:
         if refusal is not None:
             if refusal[0] == 422:
                 KSR.hdr.append_to_reply(f"Min-SE: {self.ctx.config.min_se}\r\n")
-            KSR.tm.t_reply(refusal[0], refusal[1])
+            self._t_reply(refusal[0], refusal[1])
             return
-        KSR.tm.t_reply(100, "Trying")
+        self._t_reply(100, "Trying")
         cfg = self.ctx.config
         KSR.hdr.append_to_reply(f"Contact: <sip:{invite.dn}@{cfg.listen_ip}:{cfg.sip_port}>\r\n")
-        KSR.tm.t_reply(180, "Ringing")
+        self._t_reply(180, "Ringing")
         local_tag = str(KSR.pv.get("$ltt(t)") or "")
         # tm's own timer only as a safety net: the ring timeout is ours (calls.tick).
         KSR.tm.t_set_fr((cfg.ring_timeout + 30) * 1000, 5000)
         if KSR.tmx.t_suspend() < 0:
-            KSR.tm.t_reply(500, "Server Error")
+            self._t_reply(500, "Server Error")
             return
         index = int(KSR.pv.get("$T(id_index)"))
         label = int(KSR.pv.get("$T(id_label)"))

@@ -17,6 +17,9 @@ HELP = {
     "wsgw_frames_out_total": "JSON frames sent to clients, by message type",
     "wsgw_errors_total": "error replies sent to clients, by code",
     "wsgw_calls_failed_total": "callFailed sent to clients, by reason",
+    "wsgw_calls_answered_total": "calls answered, by direction (outbound: 200 to our INVITE; inbound: the browser answered)",
+    "wsgw_sip_retransmissions_total": "SIP retransmissions received: requests tm absorbed as retransmissions "
+                                      "(kind=request) and 2xx to our INVITEs received again (kind=reply)",
 }
 
 
@@ -41,6 +44,15 @@ def frame_out(ctx: Context, message: dict) -> None:
         count(ctx, "wsgw_errors_total", "code", str(payload.get("code", "")))
     elif msg_type == "callFailed":
         count(ctx, "wsgw_calls_failed_total", "reason", str(payload.get("reason", "")))
+
+
+def call_answered(ctx: Context, direction: str) -> None:
+    count(ctx, "wsgw_calls_answered_total", "direction", direction)
+
+
+def sip_retransmission(ctx: Context, kind: str) -> None:
+    """A retransmission reached us: the peer did not get (or not in time) what we sent."""
+    count(ctx, "wsgw_sip_retransmissions_total", "kind", kind)
 
 
 SETUP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -80,7 +92,9 @@ def render(ctx: Context) -> str:
         lines += [f"# HELP {name} {HELP.get(name, name)}", f"# TYPE {name} counter"] + series.get(name, [])
     lines += _histogram(ctx)
     doc = health(ctx)
-    for name, field, text in (("wsgw_registrations", "registrations", "registered DNs"),
+    doc["open"] = sum(1 for key in ctx.store.keys(COUNTERS) if key.startswith("open|"))  # limits.connection_opened
+    for name, field, text in (("wsgw_websocket_connections_open", "open", "open WebSocket connections"),
+                              ("wsgw_registrations", "registrations", "registered DNs"),
                               ("wsgw_websocket_connections", "connections", "WebSocket connections with a registration"),
                               ("wsgw_calls_active", "calls", "calls in the call table")):
         lines += [f"# HELP {name} {text}", f"# TYPE {name} gauge", f"{name} {doc[field]}"]

@@ -120,7 +120,8 @@ def test_dtmf_digits_go_out_as_info_in_order(agent, registrar_port, tmp_path):
     sipp = connected(agent, registrar_port, tmp_path, "uas_dtmf_info.xml")
     try:
         reply = agent.request("dtmf", {"callId": "m1", "digits": "12#", "durationMs": 120})
-        assert reply == {"type": "dtmfSent", "payload": {"callId": "m1", "digits": "12#"}, "id": reply["id"]}
+        assert reply == {"type": "dtmfSent", "payload": {"callId": "m1", "digits": "12#"}, "id": reply["id"],
+                         "seq": reply["seq"]}
         agent.request("hangup", {"callId": "m1"})
         assert sipp.wait(15) == 0, sipp.describe()
     finally:
