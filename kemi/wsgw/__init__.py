@@ -5,6 +5,6 @@ Everything here is plain Python and imports no `KSR`, except `ksr_adapter`
 kamailio binary).
 """
 
-VERSION = "0.1.0"
+VERSION = "0.2.0"
 PROTOCOL_VERSION = 1
 SERVER_NAME = f"kamailio-wsgw/{VERSION}"
