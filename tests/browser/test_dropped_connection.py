@@ -3,7 +3,7 @@
 
 import pytest
 
-from harness.gateway import PASSWORDS, SUBSCRIBERS, Gateway
+from harness.gateway import PASSWORDS, Gateway, embedded_env
 from harness.screenshots import screenshot
 from harness.sipp import Sipp, free_udp_port
 from harness.tcpproxy import TcpProxy
@@ -14,8 +14,7 @@ pytestmark = pytest.mark.integration
 
 def test_a_call_survives_a_dropped_websocket(workdir, open_page, tmp_path):
     pbx_port = free_udp_port()
-    gw = Gateway(workdir, env={"GW_UPSTREAM": "", "GW_SUBSCRIBERS": str(SUBSCRIBERS),
-                               "GW_ECHO_URI": f"sip:127.0.0.1:{pbx_port}", "GW_RESUME_GRACE": "20"}).start()
+    gw = Gateway(workdir, env=embedded_env(pbx_port, GW_RESUME_GRACE="20")).start()
     proxy = TcpProxy(gw.ws_port)  # the WebSocket goes through it, so the test can cut the network
     try:
         page = open_page(gw, f"?ws=ws://127.0.0.1:{proxy.port}/")

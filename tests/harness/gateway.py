@@ -20,6 +20,12 @@ SUBSCRIBERS = ROOT / "etc" / "subscribers.txt"
 PASSWORDS = {f"50{n:02d}": f"agent50{n:02d}" for n in range(1, 11)}
 
 
+def embedded_env(echo_port: int, **extra: str) -> dict[str, str]:
+    """A gateway in embedded mode whose echo extension 9196 goes to a SIPp UAS on `echo_port`:
+    the simplest way for a test to reach the SIP side. `extra`: more GW_* variables."""
+    return {"GW_UPSTREAM": "", "GW_SUBSCRIBERS": str(SUBSCRIBERS), "GW_ECHO_URI": f"sip:127.0.0.1:{echo_port}", **extra}
+
+
 @dataclass
 class Gateway:
     workdir: Path

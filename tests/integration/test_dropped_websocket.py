@@ -9,7 +9,7 @@ from typing import Iterator
 
 import pytest
 
-from harness.gateway import PASSWORDS, SUBSCRIBERS, Gateway, health
+from harness.gateway import PASSWORDS, Gateway, embedded_env, health
 from harness.sdp import CHROME_OFFER, PCMU_ANSWER
 from harness.sipp import Sipp, free_udp_port
 from harness.wsclient import WsClient
@@ -27,9 +27,7 @@ def pbx_port() -> int:
 @pytest.fixture(scope="module")
 def gw(workdir: Path, pbx_port: int) -> Iterator[Gateway]:
     """Embedded mode; the echo extension 9196 is the SIPp UAS, so outbound calls reach it."""
-    gateway = Gateway(workdir, env={"GW_UPSTREAM": "", "GW_SUBSCRIBERS": str(SUBSCRIBERS),
-                                    "GW_ECHO_URI": f"sip:127.0.0.1:{pbx_port}",
-                                    "GW_RESUME_GRACE": str(GRACE)}).start()
+    gateway = Gateway(workdir, env=embedded_env(pbx_port, GW_RESUME_GRACE=str(GRACE))).start()
     yield gateway
     gateway.stop()
 

@@ -12,7 +12,7 @@ from typing import Iterator
 
 import pytest
 
-from harness.gateway import PASSWORDS, SUBSCRIBERS, Gateway
+from harness.gateway import PASSWORDS, Gateway, embedded_env
 from harness.sdp import CHROME_OFFER
 from harness.sipp import Sipp, free_udp_port
 
@@ -26,9 +26,7 @@ def pbx_port() -> int:
 
 @pytest.fixture(scope="module")
 def gw(workdir: Path, pbx_port: int) -> Iterator[Gateway]:
-    gateway = Gateway(workdir, env={"GW_UPSTREAM": "", "GW_SUBSCRIBERS": str(SUBSCRIBERS),
-                                    "GW_ECHO_URI": f"sip:127.0.0.1:{pbx_port}",
-                                    "GW_EVENT_LOG": str(workdir / "events.jsonl")}).start()
+    gateway = Gateway(workdir, env=embedded_env(pbx_port, GW_EVENT_LOG=str(workdir / "events.jsonl"))).start()
     yield gateway
     gateway.stop()
 

@@ -15,7 +15,7 @@ import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
 from schemathesis import GenerationMode
 
-from harness.gateway import PASSWORDS, SUBSCRIBERS, Gateway
+from harness.gateway import PASSWORDS, Gateway, embedded_env
 from harness.ports import free_port
 from harness.sdp import CHROME_OFFER
 from harness.sipp import Sipp
@@ -43,10 +43,7 @@ def uas_port() -> int:
 
 @pytest.fixture(scope="module")
 def gw(workdir: Path, uas_port: int) -> Iterator[Gateway]:
-    gateway = Gateway(workdir, env={
-        "GW_UPSTREAM": "", "GW_SUBSCRIBERS": str(SUBSCRIBERS), "GW_API_TOKEN": TOKEN,
-        "GW_ECHO_URI": f"sip:127.0.0.1:{uas_port}",
-    }).start()
+    gateway = Gateway(workdir, env=embedded_env(uas_port, GW_API_TOKEN=TOKEN)).start()
     yield gateway
     gateway.stop()
 
