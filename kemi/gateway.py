@@ -76,6 +76,12 @@ class kamailio:
     def ksr_uac_reply(self, msg):
         return _guard(self.gw.on_uac_reply)
 
+    def ksr_proxy_reply(self, msg):
+        return _guard(self.gw.proxy.on_media_reply)
+
+    def ksr_proxy_failure(self, msg):
+        return _guard(self.gw.proxy.on_media_failure)
+
     def ksr_inbound_continue(self, msg):
         return _guard(self.gw.on_inbound_continue)
 

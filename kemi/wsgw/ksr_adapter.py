@@ -20,6 +20,7 @@ from .config import GatewayConfig
 from .connections import ConnRef
 from .context import Context
 from .sip_port import OutgoingRequest, SipReply
+from . import media
 from .media import relay_from_config
 from .subscribers import load_subscribers
 from . import sip_proxy
@@ -187,8 +188,21 @@ class SipProxy:
             return False
         if not KSR.isdsturiset():
             KSR.nathelper.handle_ruri_alias()  # toward a WebSocket client: its connection
+        role = self._dialog_media_role()
+        if role and not self._relay_media(role, method, initial=False):
+            return True  # answered 503
         self._relay()
         return True
+
+    def _dialog_media_role(self) -> str | None:
+        """The media role recorded in our Record-Route (sip_proxy.media_role) of this dialog, after
+        loose_route: None for a dialog whose SDP the proxy leaves alone."""
+        if self.ctx.media is None:
+            return None
+        for role in (sip_proxy.WS_CALLER, sip_proxy.WS_CALLEE):
+            if KSR.rr.check_route_param(sip_proxy.media_rr_regex(role)) > 0:
+                return role
+        return None
 
     def _authenticated(self, method: str) -> bool:
         """Digest check against the subscriber file (the JSON clients' passwords); failures count
@@ -280,16 +294,96 @@ class SipProxy:
 
     def _relay_initial(self) -> None:
         """Relay a dialog-creating INVITE, staying on the path for the dialog's later requests."""
-        KSR.rr.record_route()
+        from_ws = str(KSR.pv.get("$pr") or "").lower() in sip_proxy.WS_PROTOS
+        next_hop = str(KSR.pv.get("$du") or "") or str(KSR.pv.get("$ru") or "")
+        role = sip_proxy.media_role(self.ctx.media is not None, from_ws, sip_proxy.is_ws_uri(next_hop))
+        if role:
+            KSR.rr.record_route_params(sip_proxy.media_rr_param(role))
+        else:
+            KSR.rr.record_route()
         if KSR.tm.t_newtran() <= 0:
             return  # a retransmission: tm has answered it
         KSR.tm.t_reply(100, "Trying")  # the cfg turns tm's automatic 100 off (the gateway's own INVITEs)
+        if role and not self._relay_media(role, "INVITE", initial=True):
+            return
         self._relay()
 
     def _relay(self) -> None:
-        # SDP untouched: both ends are WebRTC browsers, so media stays end to end.
         if KSR.tm.t_relay() < 0:
             KSR.sl.sl_reply_error()
+
+    # -- media relay between a legacy browser and the SIP side (GW_MEDIA=rtpengine) --
+
+    def _sdp_body(self) -> str:
+        if not sip_proxy.is_sdp(str(KSR.pv.get("$hdr(Content-Type)") or "")):
+            return ""
+        return str(KSR.pv.get("$rb") or "")
+
+    def _relay_media(self, role: str, method: str, initial: bool) -> bool:
+        """Before relaying a request of a dialog with a media role: its SDP through rtpengine, the
+        replies armed for theirs, the relay session freed on BYE. False when it was answered 503."""
+        ctx = self.ctx
+        session = sip_proxy.media_session(str(KSR.pv.get("$ci") or ""), role)
+        from_ws = str(KSR.pv.get("$pr") or "").lower() in sip_proxy.WS_PROTOS
+        from_tag, to_tag = str(KSR.pv.get("$ft") or ""), str(KSR.pv.get("$tt") or "")
+        if method == "BYE":
+            ws_tag = from_tag if from_ws else to_tag
+            stats = media.proxy_end(ctx, session, from_tag, ws_tag)
+            if stats:
+                ctx.log.info("media proxy session=%s %s", session, " ".join(f"{k}={v}" for k, v in stats.items()))
+            return True
+        sdp = self._sdp_body()
+        command = sip_proxy.request_sdp_command(method, bool(sdp))
+        if method in ("INVITE", "UPDATE"):
+            # Transaction AVPs: the reply route (on_media_reply) needs the session and whether the
+            # request made an offer (else a 2xx's SDP is the offer of a late-offer INVITE).
+            KSR.pv.sets("$avp(wsgw_msess)", session)
+            KSR.pv.sets("$avp(wsgw_moffer)", "1" if command == sip_proxy.SDP_OFFER else "0")
+            KSR.tm.t_on_reply("ksr_proxy_reply")
+            if initial:
+                KSR.tm.t_on_failure("ksr_proxy_failure")  # any final failure, 408 and 487 included
+        if command is None:
+            return True
+        ng_from, ng_to = sip_proxy.ng_tags(True, command, from_tag, to_tag)
+        try:
+            relayed = media.proxy_sdp(ctx, session, ng_from, ng_to, sdp, command == sip_proxy.SDP_OFFER, from_ws)
+        except GatewayError:
+            if method == "ACK":
+                return True  # nothing to answer: the ACK goes on as it is
+            if initial:
+                KSR.tm.t_reply(503, "Service Unavailable")
+            else:
+                KSR.sl.sl_send_reply(503, "Service Unavailable")
+            return False
+        KSR.textops.set_body(relayed, "application/sdp")
+        return True
+
+    def on_media_reply(self) -> None:
+        """tm reply route of a request relayed with a media role: the reply's SDP through rtpengine."""
+        session = str(KSR.pv.get("$avp(wsgw_msess)") or "")
+        sdp = self._sdp_body()
+        if not session or not sdp:
+            return
+        cseq = str(KSR.pv.get("$hdr(CSeq)") or "0 X").split()
+        method = cseq[1].upper() if len(cseq) > 1 else ""
+        had_offer = str(KSR.pv.get("$avp(wsgw_moffer)") or "") == "1"
+        command = sip_proxy.reply_sdp_command(method, int(KSR.pv.get("$rs") or 0), had_offer, True)
+        if command is None:
+            return
+        from_ws = str(KSR.pv.get("$pr") or "").lower() in sip_proxy.WS_PROTOS
+        ng_from, ng_to = sip_proxy.ng_tags(False, command, str(KSR.pv.get("$ft") or ""),
+                                           str(KSR.pv.get("$tt") or ""))
+        try:
+            relayed = media.proxy_sdp(self.ctx, session, ng_from, ng_to, sdp, command == sip_proxy.SDP_OFFER, from_ws)
+        except GatewayError:
+            return  # logged by media; the reply goes on unchanged (nothing better to send)
+        KSR.textops.set_body(relayed, "application/sdp")
+
+    def on_media_failure(self) -> None:
+        """tm failure route of an initial INVITE with a media role: the call never started."""
+        session = str(KSR.pv.get("$avp(wsgw_msess)") or "")
+        if session:
+            media.proxy_end(self.ctx, session, str(KSR.pv.get("$ft") or ""), "")
 
     def on_reply(self) -> None:
         """Core reply route: a reply from a WebSocket client gets the connection in its Contact,

@@ -4,6 +4,8 @@ toward SIP on the other, in both call directions and for re-INVITEs.
 
 The call code calls offer_sdp/answer_sdp wherever an SDP crosses the gateway, and
 end() when a call's media goes away; with no relay configured they change nothing.
+The SIP proxy path of legacy clients (ksr_adapter.SipProxy) uses proxy_sdp/proxy_end
+with the same flags, when sip_proxy.media_role says a legacy browser meets the SIP side.
 Tags: the gateway's own SIP tag (call.local_tag) stands for the browser's side,
 the far end's tag (call.remote_tag) for the SIP side.
 """
@@ -88,11 +90,16 @@ def _relay(ctx, call, sdp: str, from_browser: bool, offer: bool) -> str:
     browser_is_offerer = from_browser if offer else not from_browser
     ours, theirs = call.local_tag, call.remote_tag
     from_tag, to_tag = (ours, theirs) if browser_is_offerer else (theirs, ours)
-    method = ctx.media.offer if offer else ctx.media.answer
     try:
-        relayed = method(_session(call), from_tag, to_tag, sdp, to_sip=from_browser)
+        return _convert(ctx.media, _session(call), from_tag, to_tag, sdp, offer, from_browser)
     except RtpEngineError as exc:
         raise _relay_error(exc) from None
+
+
+def _convert(relay: MediaRelay, session: str, from_tag: str, to_tag: str, sdp: str, offer: bool,
+             from_browser: bool) -> str:
+    method = relay.offer if offer else relay.answer
+    relayed = method(session, from_tag, to_tag, sdp, to_sip=from_browser)
     return strip_webrtc_attributes(relayed) if from_browser else relayed
 
 
@@ -107,6 +114,30 @@ def end(ctx, call) -> None:
         return
     call.media_stats = stats or {}
     ctx.log.info("media call=%s %s", call.call_id, " ".join(f"{k}={v}" for k, v in call.media_stats.items()))
+
+
+def proxy_sdp(ctx, session: str, from_tag: str, to_tag: str, sdp: str, offer: bool, from_ws: bool) -> str:
+    """An SDP crossing the SIP proxy path between a legacy browser (SIP over WebSocket) and the SIP
+    side (sip_proxy.media_role). The legacy browser gets what a JSON client's browser gets, the SIP
+    side what it gets from a JSON client's leg. Tags are rtpengine's (sip_proxy.ng_tags)."""
+    if ctx.media is None:
+        return sdp
+    try:
+        return _convert(ctx.media, session, from_tag, to_tag, sdp, offer, from_browser=from_ws)
+    except RtpEngineError as exc:
+        raise _relay_error(exc) from None
+
+
+def proxy_end(ctx, session: str, from_tag: str, ws_tag: str) -> dict | None:
+    """A proxied dialog is over (BYE) or never started (failure): free its relay session now.
+    Returns what the relay saw (ws_tag: the legacy browser's tag, "" when unknown), None on error."""
+    if ctx.media is None:
+        return None
+    try:
+        return ctx.media.delete(session, from_tag, ws_tag) or {}
+    except RtpEngineError as exc:
+        ctx.log.warning("media relay delete session=%s: %s", session, exc)
+        return None
 
 
 def ended_payload(call, by: str, reason: str) -> dict:

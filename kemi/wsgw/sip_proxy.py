@@ -4,8 +4,10 @@ Legacy clients send SIP text frames on the same WebSocket port as the JSON clien
 (the first byte decides, ksr_adapter.Gateway.on_received). For them the gateway is
 an ordinary SIP proxy and, in embedded mode, their registrar: REGISTER is digest-
 authenticated against the same subscriber file as JSON `register` and saved in
-Kamailio's usrloc; INVITEs are record-routed and relayed with the SDP untouched
-(both ends are browsers, so media stays end to end).
+Kamailio's usrloc; INVITEs are record-routed and relayed. Their SDP is untouched in
+passthrough mode and between two legacy browsers; with GW_MEDIA=rtpengine a legacy
+browser meeting the SIP side (a PBX, a trunk, a JSON client's SIP leg) gets its media
+relayed like a JSON client's (media_role below).
 
 This module only decides; ksr_adapter.SipProxy does it with Kamailio's registrar,
 auth, rr, nathelper, path and tm. Nothing here imports KSR.
@@ -142,3 +144,80 @@ def is_ws_uri(uri: str) -> bool:
     """True for a destination on a WebSocket connection (`;transport=ws` or `wss`)."""
     m = _TRANSPORT.search(uri or "")
     return bool(m) and m.group(1).lower() in WS_PROTOS
+
+
+# ---- media on the proxy path (GW_MEDIA=rtpengine) ----
+#
+# A legacy client is a browser: it needs WebRTC SDP (ICE, DTLS-SRTP, UDP/TLS/RTP/SAVPF). The
+# SIP side (a PBX, a trunk, or the gateway's own SIP leg of a JSON client, which rtpengine has
+# already made plain RTP) needs RTP/AVP. So when exactly one side of a proxied dialog is a
+# WebSocket client and a relay is configured, every SDP crossing the proxy goes through
+# rtpengine, with the same flags as a JSON client's leg (media.py): from the WebSocket side
+# toward SIP, from the SIP side toward the browser. Two WebSocket clients are two browsers:
+# their SDP stays end to end, as in passthrough mode.
+
+WS_CALLER = "c"  # the legacy client placed the call (it holds the dialog's From tag)
+WS_CALLEE = "e"  # the legacy client was called
+# Record-Route parameter carrying the role: every in-dialog request brings it back (either
+# direction), so the proxy keeps no per-dialog state of its own.
+MEDIA_RR_PARAM = "wsgwm"
+SDP_OFFER = "offer"
+SDP_ANSWER = "answer"
+
+
+def media_role(relay_configured: bool, from_ws: bool, to_ws: bool) -> str | None:
+    """Which side of a new proxied dialog is the legacy browser, when the proxy relays its media;
+    None: SDP untouched (passthrough, WebSocket to WebSocket, or SIP to SIP)."""
+    if not relay_configured or from_ws == to_ws:
+        return None
+    return WS_CALLER if from_ws else WS_CALLEE
+
+
+def media_rr_param(role: str) -> str:
+    return f";{MEDIA_RR_PARAM}={role}"
+
+
+def media_rr_regex(role: str) -> str:
+    """check_route_param's regular expression for a role (matched against the Route's parameters)."""
+    return f"{MEDIA_RR_PARAM}={role}"
+
+
+def media_session(sip_call_id: str, role: str) -> str:
+    """The relay session of a proxied dialog. JSON legs use `<Call-ID>|o` and `|i` (media.py) and share
+    the Call-ID of a looped INVITE; the role keeps apart the two proxied legs of one Call-ID when a
+    PBX that proxies (rather than bridges) sends a legacy client's call back to another one."""
+    return f"{sip_call_id}|p{role}"
+
+
+def is_sdp(content_type: str) -> bool:
+    """Only a plain SDP body is relayed (multipart bodies pass unchanged)."""
+    return content_type.split(";", 1)[0].strip().lower() == "application/sdp"
+
+
+def request_sdp_command(method: str, has_sdp: bool) -> str | None:
+    """What an in-dialog or initial request's SDP is: an offer (INVITE, UPDATE) or the answer to an
+    offer made in a 2xx (ACK of a late-offer INVITE)."""
+    if not has_sdp:
+        return None
+    if method in ("INVITE", "UPDATE"):
+        return SDP_OFFER
+    if method == "ACK":
+        return SDP_ANSWER
+    return None
+
+
+def reply_sdp_command(method: str, status: int, request_had_offer: bool, has_sdp: bool) -> str | None:
+    """What the SDP of a provisional or 2xx reply to an INVITE/UPDATE is: the answer to the request's
+    offer, or (the request had none: late offer) an offer, answered in the ACK."""
+    if not has_sdp or method not in ("INVITE", "UPDATE") or not 100 < status < 300:
+        return None
+    return SDP_ANSWER if request_had_offer else SDP_OFFER
+
+
+def ng_tags(is_request: bool, command: str, from_tag: str, to_tag: str) -> tuple[str, str]:
+    """rtpengine's (from-tag, to-tag) for an SDP in a message with these From/To tags.
+
+    rtpengine's from-tag is always the offerer's. A message's sender is the From side for a request
+    and the To side for a reply; an offer comes from the sender, an answer answers the other side."""
+    sender, other = (from_tag, to_tag) if is_request else (to_tag, from_tag)
+    return (sender, other) if command == SDP_OFFER else (other, sender)

@@ -8,9 +8,10 @@ from typing import Callable, Iterator
 
 import pytest
 
-from harness.gateway import SUBSCRIBERS, Gateway
+from harness.gateway import PASSWORDS, SUBSCRIBERS, Gateway
 from harness.ports import free_port
 from harness.sipp import Sipp
+from harness.sipws import SipWsClient
 from harness.wsclient import WsClient
 
 
@@ -47,6 +48,25 @@ def client_factory() -> Iterator[Callable[[Gateway], WsClient]]:
     def make(gw: Gateway) -> WsClient:
         client = WsClient(gw.ws_url)
         clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        client.close()
+
+
+@pytest.fixture
+def legacy_factory() -> Iterator[Callable[..., SipWsClient]]:
+    """legacy(gw, dn) -> a legacy (JsSIP-like) SIP-over-WebSocket client for `dn`, registered unless
+    register=False; all closed at the end of the test."""
+    clients: list[SipWsClient] = []
+
+    def make(gateway: Gateway, dn: str, register: bool = True) -> SipWsClient:
+        client = SipWsClient(gateway.ws_url, dn, PASSWORDS.get(dn, "nope"))
+        clients.append(client)
+        if register:
+            reply = client.register()
+            assert reply.status == 200, reply
         return client
 
     yield make

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 import threading
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
 import pytest
 
@@ -43,24 +43,6 @@ def gw(workdir: Path, echo_port: int) -> Iterator[Gateway]:
                                     "GW_ECHO_URI": f"sip:127.0.0.1:{echo_port}", "GW_RESUME_GRACE": "0"}).start()
     yield gateway
     gateway.stop()
-
-
-@pytest.fixture
-def legacy_factory() -> Iterator[Callable[..., SipWsClient]]:
-    """legacy(gw, dn) -> a SIP-over-WebSocket client for `dn` (registered unless register=False)."""
-    clients: list[SipWsClient] = []
-
-    def make(gateway: Gateway, dn: str, register: bool = True) -> SipWsClient:
-        client = SipWsClient(gateway.ws_url, dn, PASSWORDS.get(dn, "nope"))
-        clients.append(client)
-        if register:
-            reply = client.register()
-            assert reply.status == 200, reply
-        return client
-
-    yield make
-    for client in clients:
-        client.close()
 
 
 def json_agent(client_factory, gateway: Gateway, dn: str) -> WsClient:

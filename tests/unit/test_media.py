@@ -860,3 +860,46 @@ def test_passthrough_inbound_sdp_untouched(pctx, conn):
     pctx.outbox.clear()
     assert on_remote_bye(pctx, call.sip_call_id, "caller-tag", "gw-to-tag") == 200
     assert sent(pctx) == [msg("callEnded", {"callId": call.call_id, "by": "remote", "reason": "bye"})]
+
+
+# ---- proxy_sdp / proxy_end: the SIP proxy path of legacy clients ----
+
+
+def test_proxy_sdp_from_the_legacy_browser_goes_to_sip_without_webrtc_attributes():
+    relay = FakeRelay()
+    out = media.proxy_sdp(_ctx(relay), "abc|pc", "F", "", CHROME_OFFER, offer=True, from_ws=True)
+    assert out == STRIPPED_OFFER_TO_SIP
+    assert relay.offers == [("abc|pc", "F", "", CHROME_OFFER, True)]
+
+
+def test_proxy_sdp_from_the_sip_side_goes_to_the_browser_as_the_relay_wrote_it():
+    relay = FakeRelay()
+    out = media.proxy_sdp(_ctx(relay), "abc|pe", "F", "T", PCMU_ANSWER, offer=False, from_ws=False)
+    assert out == RELAY_TO_BROWSER
+    assert relay.answers == [("abc|pe", "F", "T", PCMU_ANSWER, False)]
+
+
+def test_proxy_sdp_in_passthrough_changes_nothing():
+    assert media.proxy_sdp(_ctx(None), "abc|pc", "F", "", CHROME_OFFER, offer=True, from_ws=True) is CHROME_OFFER
+    assert media.proxy_end(_ctx(None), "abc|pc", "F", "F") is None
+
+
+def test_proxy_sdp_relay_failure_is_media_unavailable():
+    relay = FakeRelay()
+    relay.fail.add("offer")
+    with pytest.raises(GatewayError) as exc:
+        media.proxy_sdp(_ctx(relay), "abc|pc", "F", "", CHROME_OFFER, offer=True, from_ws=True)
+    assert exc.value.code == errors.MEDIA_UNAVAILABLE
+
+
+def test_proxy_end_deletes_the_session_and_returns_its_statistics():
+    relay = FakeRelay()
+    assert media.proxy_end(_ctx(relay), "abc|pe", "F", "T") == STATS
+    assert relay.deletes == [("abc|pe", "F", "T")]
+
+
+def test_proxy_end_relay_failure_is_logged_not_raised(caplog):
+    relay = FakeRelay()
+    relay.fail.add("delete")
+    assert media.proxy_end(_ctx(relay), "abc|pe", "F", "") is None
+    assert "abc|pe" in caplog.text

@@ -143,3 +143,74 @@ def test_first_route_uri(value, uri):
 ])
 def test_is_ws_uri(uri, ws):
     assert sip_proxy.is_ws_uri(uri) is ws
+
+
+# ---- media on the proxy path (GW_MEDIA=rtpengine) ----
+
+
+@pytest.mark.parametrize("relay,from_ws,to_ws,role", [
+    (True, True, False, sip_proxy.WS_CALLER),  # legacy -> SIP side, or -> a JSON client's inbound leg
+    (True, False, True, sip_proxy.WS_CALLEE),  # SIP side, or a JSON client's outbound leg -> legacy
+    (True, True, True, None),  # legacy <-> legacy: two browsers, end to end
+    (True, False, False, None),  # not a legacy client's dialog
+    (False, True, False, None),  # passthrough: nothing changes
+    (False, False, True, None),
+])
+def test_media_role(relay, from_ws, to_ws, role):
+    assert sip_proxy.media_role(relay, from_ws, to_ws) == role
+
+
+def test_media_role_travels_in_the_record_route():
+    assert sip_proxy.media_rr_param(sip_proxy.WS_CALLER) == ";wsgwm=c"
+    assert sip_proxy.media_rr_regex(sip_proxy.WS_CALLEE) == "wsgwm=e"
+
+
+def test_media_sessions_do_not_collide_with_json_legs_or_each_other():
+    caller, callee = (sip_proxy.media_session("abc@host", r) for r in (sip_proxy.WS_CALLER, sip_proxy.WS_CALLEE))
+    assert (caller, callee) == ("abc@host|pc", "abc@host|pe")
+    assert {caller, callee}.isdisjoint({"abc@host|o", "abc@host|i"})  # media._session of JSON legs
+
+
+@pytest.mark.parametrize("content_type,sdp", [
+    ("application/sdp", True), ("Application/SDP; charset=utf-8", True), (" application/sdp ", True),
+    ("multipart/mixed;boundary=x", False), ("application/dtmf-relay", False), ("", False),
+])
+def test_is_sdp(content_type, sdp):
+    assert sip_proxy.is_sdp(content_type) is sdp
+
+
+@pytest.mark.parametrize("method,has_sdp,command", [
+    ("INVITE", True, sip_proxy.SDP_OFFER),
+    ("UPDATE", True, sip_proxy.SDP_OFFER),
+    ("ACK", True, sip_proxy.SDP_ANSWER),  # late offer: the answer to the 2xx's offer
+    ("INVITE", False, None),  # late offer: the 2xx carries it
+    ("ACK", False, None),
+    ("INFO", True, None),
+    ("BYE", False, None),
+])
+def test_request_sdp_command(method, has_sdp, command):
+    assert sip_proxy.request_sdp_command(method, has_sdp) == command
+
+
+@pytest.mark.parametrize("method,status,had_offer,has_sdp,command", [
+    ("INVITE", 200, True, True, sip_proxy.SDP_ANSWER),
+    ("INVITE", 183, True, True, sip_proxy.SDP_ANSWER),  # early media
+    ("UPDATE", 200, True, True, sip_proxy.SDP_ANSWER),
+    ("INVITE", 200, False, True, sip_proxy.SDP_OFFER),  # late offer
+    ("INVITE", 180, True, False, None),
+    ("INVITE", 100, True, True, None),
+    ("INVITE", 488, True, True, None),
+    ("INFO", 200, True, True, None),
+])
+def test_reply_sdp_command(method, status, had_offer, has_sdp, command):
+    assert sip_proxy.reply_sdp_command(method, status, had_offer, has_sdp) == command
+
+
+@pytest.mark.parametrize("is_request,command,tags", [
+    (True, sip_proxy.SDP_OFFER, ("F", "T")),  # INVITE/re-INVITE/UPDATE: the sender (From) offers
+    (True, sip_proxy.SDP_ANSWER, ("T", "F")),  # ACK answering the callee's (To) offer
+    (False, sip_proxy.SDP_ANSWER, ("F", "T")),  # 200 answering the request's (From) offer
+    (False, sip_proxy.SDP_OFFER, ("T", "F")),  # 200 offering (late offer): the To side offers
+])
+def test_ng_tags_put_the_offerer_first(is_request, command, tags):
+    assert sip_proxy.ng_tags(is_request, command, "F", "T") == tags
