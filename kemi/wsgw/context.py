@@ -29,6 +29,9 @@ class Context:
     clock: Callable[[], float] = time.time
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("wsgw"))
     events: "EventSink | None" = None  # the structured event log (events.py); None = off
+    # DNs that legacy SIP-over-WebSocket clients registered here (Kamailio's usrloc, read by the
+    # adapter); None where there is no registrar (unit tests).
+    legacy_registrations: Callable[[], int] | None = None
 
     def send(self, conn: ConnRef, message: dict) -> bool:
         """Send to a client; a registered client's messages get a `seq` and are kept for replay

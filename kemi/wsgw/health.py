@@ -16,4 +16,6 @@ def health(ctx: Context) -> dict:
         "connections": len(ctx.store.keys(CONN)),
         "registrations": len(ctx.store.keys(REG)),
         "calls": len(ctx.store.keys(CALLS)),
+        # Legacy JsSIP clients (docs/MIGRATION.md): their bindings are in usrloc, not in REG.
+        "legacyRegistrations": ctx.legacy_registrations() if ctx.legacy_registrations else 0,
     }

@@ -133,6 +133,18 @@ class TmSipPort:
         return rc >= 0
 
 
+def usrloc_users() -> int:
+    """DNs with a binding in usrloc's `location` table: its `location_users` statistic (table name,
+    the core's stats_name_separator, `users`). A DN leaves it with its last contact: at once on
+    unregister, at usrloc's timer (kamailio.cfg timer_interval) when the binding expires or its
+    WebSocket has closed. In upstream mode legacy REGISTERs go to the PBX and this stays 0."""
+    value = KSR.pv.get("$stat(location_users)")
+    try:
+        return max(0, int(value or 0))
+    except (TypeError, ValueError):
+        return 0
+
+
 class SipProxy:
     """Kamailio as a plain SIP proxy/registrar for legacy clients speaking SIP over the
     WebSocket port (JsSIP), and for requests meant for them (docs/MIGRATION.md).
@@ -415,6 +427,7 @@ class Gateway:
             media=relay_from_config(config.media, config.rtpengine, config.codecs),
             log=log,
             events=events.open_sink(os.environ.get("GW_EVENT_LOG", "stderr")),
+            legacy_registrations=usrloc_users,
         )
         self.ctx.sip = events.LoggedSipPort(self.ctx.sip, self.ctx)
         self.proxy = SipProxy(self.ctx)  # legacy SIP-over-WebSocket clients

@@ -96,6 +96,8 @@ def render(ctx: Context) -> str:
     for name, field, text in (("wsgw_websocket_connections_open", "open", "open WebSocket connections"),
                               ("wsgw_registrations", "registrations", "registered DNs"),
                               ("wsgw_websocket_connections", "connections", "WebSocket connections with a registration"),
-                              ("wsgw_calls_active", "calls", "calls in the call table")):
+                              ("wsgw_calls_active", "calls", "calls in the call table"),
+                              ("wsgw_legacy_registrations", "legacyRegistrations",
+                               "DNs registered here by legacy SIP-over-WebSocket (JsSIP) clients")):
         lines += [f"# HELP {name} {text}", f"# TYPE {name} gauge", f"{name} {doc[field]}"]
     return "\n".join(lines) + "\n"

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import re
 import threading
+import time
+import urllib.request
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 
-from harness.gateway import PASSWORDS, SUBSCRIBERS, Gateway, wait_no_calls
+from harness.gateway import PASSWORDS, SUBSCRIBERS, Gateway, health, wait_no_calls
 from harness.ports import free_port
 from harness.sdp import CHROME_OFFER, PCMU_ANSWER, with_direction
 from harness.sipp import Sipp, free_udp_port
@@ -395,6 +397,46 @@ def test_json_rejects_legacy_call(gw, legacy_factory, client_factory):
     call_id = bob.wait_for("incomingCall")["payload"]["callId"]
     assert bob.request("reject", {"callId": call_id, "code": 603})["type"] == "callEnded"
     assert alice.wait_final(dialog).status == 603
+
+
+# ---- operators see legacy registrations ----
+
+
+def metrics_text(gateway: Gateway) -> str:
+    with urllib.request.urlopen(gateway.http_url + "/metrics", timeout=5) as resp:
+        return resp.read().decode()
+
+
+def wait_legacy_registrations(gateway: Gateway, expected: int, timeout: float) -> int:
+    deadline = time.monotonic() + timeout
+    count = health(gateway)["legacyRegistrations"]
+    while count != expected and time.monotonic() < deadline:
+        time.sleep(0.2)
+        count = health(gateway)["legacyRegistrations"]
+    return count
+
+
+def test_legacy_registrations_in_health_and_metrics(workdir, legacy_factory, client_factory):
+    """/health `legacyRegistrations` and the wsgw_legacy_registrations gauge count DNs with a legacy
+    binding (usrloc): up on REGISTER, down at once on unregister, and within usrloc's timer (10 s)
+    when the WebSocket closes. JSON registrations stay in `registrations` only."""
+    gateway = Gateway(workdir, env={"GW_UPSTREAM": "", "GW_SUBSCRIBERS": str(SUBSCRIBERS)}).start()
+    try:
+        assert health(gateway)["legacyRegistrations"] == 0
+        tab1, tab2 = legacy_factory(gateway, "5001"), legacy_factory(gateway, "5001")  # one DN, two tabs
+        other = legacy_factory(gateway, "5002")
+        json_agent(client_factory, gateway, "5003")
+        doc = health(gateway)
+        assert (doc["legacyRegistrations"], doc["registrations"]) == (2, 1)
+        assert "\nwsgw_legacy_registrations 2\n" in metrics_text(gateway)
+        assert other.unregister().status == 200
+        assert health(gateway)["legacyRegistrations"] == 1
+        tab1.close()
+        tab2.close()
+        assert wait_legacy_registrations(gateway, 0, timeout=15) == 0
+        assert "\nwsgw_legacy_registrations 0\n" in metrics_text(gateway)
+    finally:
+        gateway.stop()
 
 
 # ---- both kinds on one port ----

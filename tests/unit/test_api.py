@@ -136,6 +136,7 @@ def test_health_is_public_and_reports_version_uptime_and_counts(ctx, caller, clo
     assert body["startedAt"] == api.iso(START_TIME) == "2023-11-14T22:13:20.000Z"
     assert (body["registrations"], body["connections"], body["calls"]) == (1, 1, 0)
     assert body["mode"] == "embedded"
+    assert "legacyRegistrations" not in body  # /health has it; this contract (docs/openapi.yaml) does not grow
 
 
 def test_start_time_is_recorded_once(ctx, clock):

@@ -22,3 +22,14 @@ def test_label_values_from_clients_are_sanitised(make_ctx):
     text = metrics.render(ctx)
     assert "\nwsgw_fake" not in text
     assert 'type="a___wsgw_fake_1"' in text
+
+
+def test_legacy_registrations_are_a_health_field_and_a_gauge(make_ctx):
+    from wsgw.health import health
+
+    ctx = make_ctx()
+    assert health(ctx)["legacyRegistrations"] == 0  # no registrar behind the context
+    assert "# TYPE wsgw_legacy_registrations gauge\nwsgw_legacy_registrations 0" in metrics.render(ctx)
+    ctx.legacy_registrations = lambda: 3  # the adapter reads usrloc
+    assert health(ctx)["legacyRegistrations"] == 3
+    assert "\nwsgw_legacy_registrations 3\n" in metrics.render(ctx)
