@@ -79,11 +79,13 @@ LEGACY_STATS_JS = """async () => {
 @pytest.fixture(scope="module")
 def relay_setup(workdir):
     relay = RtpEngine(workdir / "rtpengine-legacy").start()
-    gw = Gateway(workdir, env={"GW_UPSTREAM": "", "GW_SUBSCRIBERS": str(SUBSCRIBERS), "GW_MEDIA": "rtpengine",
-                               "GW_RTPENGINE": relay.address, "GW_RESUME_GRACE": "0"}).start()
-    yield gw, relay
-    gw.stop()
-    relay.stop()
+    try:  # the relay is stopped even when the gateway fails to start
+        gw = Gateway(workdir, env={"GW_UPSTREAM": "", "GW_SUBSCRIBERS": str(SUBSCRIBERS), "GW_MEDIA": "rtpengine",
+                                   "GW_RTPENGINE": relay.address, "GW_RESUME_GRACE": "0"}).start()
+        yield gw, relay
+        gw.stop()
+    finally:
+        relay.stop()
 
 
 @pytest.fixture

@@ -34,12 +34,14 @@ STATS_JS = """async () => {
 @pytest.fixture(scope="module")
 def echo_setup(workdir):
     relay = RtpEngine(workdir / "rtpengine-browser").start()
-    echo_port = free_port()
-    gw = Gateway(workdir, env={"GW_UPSTREAM": "", "GW_SUBSCRIBERS": str(SUBSCRIBERS), "GW_MEDIA": "rtpengine",
-                               "GW_RTPENGINE": relay.address, "GW_ECHO_URI": f"sip:9196@127.0.0.1:{echo_port}"}).start()
-    yield gw, relay, echo_port
-    gw.stop()
-    relay.stop()
+    try:  # the relay is stopped even when the gateway fails to start
+        echo_port = free_port()
+        gw = Gateway(workdir, env={"GW_UPSTREAM": "", "GW_SUBSCRIBERS": str(SUBSCRIBERS), "GW_MEDIA": "rtpengine",
+                                   "GW_RTPENGINE": relay.address, "GW_ECHO_URI": f"sip:9196@127.0.0.1:{echo_port}"}).start()
+        yield gw, relay, echo_port
+        gw.stop()
+    finally:
+        relay.stop()
 
 
 def wait_audio(page, timeout: float = 15.0) -> dict:

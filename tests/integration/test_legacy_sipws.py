@@ -17,7 +17,7 @@ from typing import Iterator
 
 import pytest
 
-from harness.gateway import PASSWORDS, SUBSCRIBERS, Gateway, health, wait_no_calls
+from harness.gateway import PASSWORDS, SUBSCRIBERS, Gateway, embedded_env, health, wait_no_calls
 from harness.ports import free_port
 from harness.sdp import CHROME_OFFER, PCMU_ANSWER, with_direction
 from harness.sipp import Sipp, free_udp_port
@@ -41,8 +41,7 @@ def echo_port() -> int:
 @pytest.fixture(scope="module")
 def gw(workdir: Path, echo_port: int) -> Iterator[Gateway]:
     # GW_RESUME_GRACE=0: a closed JSON client is gone at once, so DNs can be reused between tests.
-    gateway = Gateway(workdir, env={"GW_UPSTREAM": "", "GW_SUBSCRIBERS": str(SUBSCRIBERS),
-                                    "GW_ECHO_URI": f"sip:127.0.0.1:{echo_port}", "GW_RESUME_GRACE": "0"}).start()
+    gateway = Gateway(workdir, env=embedded_env(echo_port, GW_RESUME_GRACE="0")).start()
     yield gateway
     gateway.stop()
 
