@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Iterator
 
 from . import errors, events, protocol, registrations
@@ -178,7 +178,7 @@ class Call:
         return cls(**data) if data else None
 
     def save(self, ctx: Context) -> None:
-        put_json(ctx.store, CALLS, self.key, asdict(self))
+        put_json(ctx.store, CALLS, self.key, vars(self))  # vars, not asdict: no deep copy, same JSON
         ctx.store.put(CALLS_BY_SIP_ID, self.leg_key, self.key)
 
     def forget(self, ctx: Context) -> None:

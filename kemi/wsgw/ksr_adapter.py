@@ -63,12 +63,9 @@ class HtableStore:
         KSR.htable.sht_rm(table, key)
 
     def incr(self, table: str, key: str) -> int:
-        # sht_inc only creates missing keys in tables with an integer initval; our tables hold
-        # strings, so read-modify-write under the slot lock.
-        with self.lock(table, key):
-            value = int(self.get(table, key) or 0) + 1
-            self.put(table, key, str(value))
-        return value
+        # One atomic call: the counters table has an integer initval (kamailio.cfg), so
+        # sht_inc creates missing keys at 0.
+        return int(KSR.htable.sht_inc(table, key))
 
     @contextmanager
     def lock(self, table: str, key: str) -> Iterator[None]:

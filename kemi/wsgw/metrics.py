@@ -7,7 +7,7 @@ import re
 
 from .context import Context
 from .health import health
-from .store import COUNTERS
+from .store import COUNTERS, COUNTS
 
 _PREFIX = "m|"
 _LABEL_VALUE = re.compile(r"[^A-Za-z0-9_.:-]")
@@ -29,7 +29,7 @@ def _key(name: str, label: str, value: str) -> str:
 
 
 def count(ctx: Context, name: str, label: str, value: str) -> None:
-    ctx.store.incr(COUNTERS, _key(name, label, value))
+    ctx.store.incr(COUNTS, _key(name, label, value))
 
 
 def frame_in(ctx: Context, msg_type: str) -> None:
@@ -60,11 +60,10 @@ _SETUP = "wsgw_call_setup_seconds"
 
 
 def observe_setup(ctx: Context, seconds: float) -> None:
-    """Call set-up time (`call` received -> `callAccepted` sent) into the histogram."""
-    for le in SETUP_BUCKETS:
-        if seconds <= le:
-            ctx.store.incr(COUNTERS, f"h|{_SETUP}|{le}")
-    ctx.store.incr(COUNTERS, f"h|{_SETUP}|+Inf")
+    """Call set-up time (`call` received -> `callAccepted` sent) into the histogram.
+    Each observation counts in its own bucket only; render() makes them cumulative."""
+    le = next((str(b) for b in SETUP_BUCKETS if seconds <= b), "+Inf")
+    ctx.store.incr(COUNTS, f"h|{_SETUP}|{le}")
     with ctx.store.lock(COUNTERS, "h|sum"):
         total = float(ctx.store.get(COUNTERS, f"h|{_SETUP}|sum") or 0) + seconds
         ctx.store.put(COUNTERS, f"h|{_SETUP}|sum", repr(total))
@@ -72,21 +71,23 @@ def observe_setup(ctx: Context, seconds: float) -> None:
 
 def _histogram(ctx: Context) -> list[str]:
     lines = [f"# HELP {_SETUP} call set-up time: call received to callAccepted sent", f"# TYPE {_SETUP} histogram"]
+    total = 0
     for le in [*map(str, SETUP_BUCKETS), "+Inf"]:
-        lines.append(f'{_SETUP}_bucket{{le="{le}"}} {ctx.store.get(COUNTERS, f"h|{_SETUP}|{le}") or 0}')
+        total += int(ctx.store.get(COUNTS, f"h|{_SETUP}|{le}") or 0)
+        lines.append(f'{_SETUP}_bucket{{le="{le}"}} {total}')
     lines.append(f"{_SETUP}_sum {ctx.store.get(COUNTERS, f'h|{_SETUP}|sum') or 0}")
-    lines.append(f"{_SETUP}_count {ctx.store.get(COUNTERS, f'h|{_SETUP}|+Inf') or 0}")
+    lines.append(f"{_SETUP}_count {total}")
     return lines
 
 
 def render(ctx: Context) -> str:
     """The Prometheus text exposition format (version 0.0.4)."""
     series: dict[str, list[str]] = {}
-    for key in sorted(ctx.store.keys(COUNTERS)):
+    for key in sorted(ctx.store.keys(COUNTS)):
         if not key.startswith(_PREFIX):
             continue
         _, name, label, value = key.split("|", 3)
-        series.setdefault(name, []).append(f'{name}{{{label}="{value}"}} {ctx.store.get(COUNTERS, key) or 0}')
+        series.setdefault(name, []).append(f'{name}{{{label}="{value}"}} {ctx.store.get(COUNTS, key) or 0}')
     lines: list[str] = []
     for name in sorted(set(series) | set(HELP)):
         lines += [f"# HELP {name} {HELP.get(name, name)}", f"# TYPE {name} counter"] + series.get(name, [])

@@ -16,7 +16,7 @@ because `Context.send` takes it from code that holds call or registration locks.
 from __future__ import annotations
 
 import secrets
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 from .connections import ConnRef
 from .context import Context
@@ -46,7 +46,7 @@ class Session:
         return cls(**data) if data else None
 
     def save(self, ctx: Context) -> None:
-        put_json(ctx.store, SESSIONS, self.owner, asdict(self))
+        put_json(ctx.store, SESSIONS, self.owner, vars(self))  # vars, not asdict: no deep copy, same JSON
 
     @property
     def detached(self) -> bool:

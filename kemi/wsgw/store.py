@@ -20,7 +20,8 @@ REG = "reg"  # DN -> Registration JSON
 REG_BY_CALL_ID = "regcid"  # SIP Call-ID of our REGISTER -> DN
 CALLS = "calls"
 CALLS_BY_SIP_ID = "callsip"
-COUNTERS = "gw"
+COUNTERS = "gw"  # small housekeeping values (limits, start time, histogram sum)
+COUNTS = "gwn"  # integer counters only (metrics): the one table `incr` is for
 SESSIONS = "sess"  # session owner key -> Session JSON; "t|<resume token>" -> owner key (sessions.py)
 SESSION_EVENTS = "sessev"  # "<owner>|<seq>" -> a message kept for replay
 
@@ -33,7 +34,8 @@ class Store(Protocol):
     def delete(self, table: str, key: str) -> None: ...
 
     def incr(self, table: str, key: str) -> int:
-        """Atomically add one and return the new value (missing keys start at 0)."""
+        """Atomically add one and return the new value (missing keys start at 0).
+        Only for COUNTS, whose values are integers."""
         ...
 
     def lock(self, table: str, key: str) -> Any:

@@ -33,3 +33,18 @@ def test_legacy_registrations_are_a_health_field_and_a_gauge(make_ctx):
     ctx.legacy_registrations = lambda: 3  # the adapter reads usrloc
     assert health(ctx)["legacyRegistrations"] == 3
     assert "\nwsgw_legacy_registrations 3\n" in metrics.render(ctx)
+
+
+def test_setup_histogram_is_cumulative(make_ctx):
+    ctx = make_ctx()
+    for seconds in (0.003, 0.02, 0.02, 0.7, 99.0):
+        metrics.observe_setup(ctx, seconds)
+    text = metrics.render(ctx)
+    assert 'wsgw_call_setup_seconds_bucket{le="0.005"} 1' in text
+    assert 'wsgw_call_setup_seconds_bucket{le="0.01"} 1' in text
+    assert 'wsgw_call_setup_seconds_bucket{le="0.025"} 3' in text
+    assert 'wsgw_call_setup_seconds_bucket{le="1.0"} 4' in text
+    assert 'wsgw_call_setup_seconds_bucket{le="30.0"} 4' in text
+    assert 'wsgw_call_setup_seconds_bucket{le="+Inf"} 5' in text
+    assert "wsgw_call_setup_seconds_count 5" in text
+    assert "wsgw_call_setup_seconds_sum 99.743" in text
