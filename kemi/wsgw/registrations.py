@@ -430,6 +430,8 @@ def _on_register_failed(ctx: Context, reg: Registration, status: int, reason: st
 
 def tick(ctx: Context) -> None:
     """Run once a second by the timer process: refreshes and transaction timeouts."""
+    if ctx.config.embedded:
+        return  # nothing to refresh, nothing pending (and no need to read every registration)
     now = ctx.clock()
     for dn in ctx.store.keys(REG):
         reg = Registration.load(ctx, dn)

@@ -59,6 +59,7 @@ def detach(ctx: Context, conn: ConnRef) -> bool:
             return False
         session.detached_at = ctx.clock()
         session.save(ctx)
+        sessions.mark_detached(ctx, session, True)
     ctx.log.info("session detached dn=%s conn=%s grace=%ds", session.dn, conn.key, ctx.config.resume_grace)
     return True
 
@@ -87,6 +88,7 @@ def attach(ctx: Context, conn: ConnRef, request_id: str | None, req: AttachPaylo
         session.conn = conn.key
         session.detached_at = session.attaching_at = 0.0
         session.save(ctx)
+        sessions.mark_detached(ctx, session, False)
         # Under the session lock: a message sent meanwhile by another worker waits, so it
         # gets the next seq and arrives after the replayed ones.
         replay, lost = sessions.missed(ctx, session, req.last_seq)
@@ -117,9 +119,12 @@ def _rebind_calls(ctx: Context, owner: str, old: str, new: str) -> list[calls.Ca
 def tick(ctx: Context) -> None:
     """Once a second (timer process): end the sessions whose grace period is over."""
     now = ctx.clock()
-    for owner in sessions.owners(ctx):
+    for owner in sessions.detached_owners(ctx):
         session = Session.load(ctx, owner)
-        if session is None or not session.detached or now < session.detached_at + ctx.config.resume_grace:
+        if session is None:
+            sessions.close(ctx, owner)  # a stale index entry
+            continue
+        if not session.detached or now < session.detached_at + ctx.config.resume_grace:
             continue
         with ctx.store.lock(SESSIONS, owner):
             session = Session.load(ctx, owner)

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from .connections import ConnRef
 from .context import Context
 from .protocol import decode, encode_ascii
-from .store import CONN, SESSION_EVENTS, SESSIONS, get_json, put_json
+from .store import CONN, SESSION_EVENTS, SESSIONS, SESSIONS_DETACHED, get_json, put_json
 
 # Messages kept while the client is connected: enough for those in flight when a
 # connection dies unnoticed. While detached, every message is kept (up to the cap).
@@ -132,6 +132,7 @@ def close(ctx: Context, owner: str) -> None:
         session = Session.load(ctx, owner)
         if session is not None:
             _delete(ctx, session)
+        ctx.store.delete(SESSIONS_DETACHED, owner)
 
 
 def _delete(ctx: Context, session: Session) -> None:
@@ -139,9 +140,18 @@ def _delete(ctx: Context, session: Session) -> None:
         ctx.store.delete(SESSION_EVENTS, _event_key(session.owner, seq))
     ctx.store.delete(SESSIONS, _token_key(session.token))
     ctx.store.delete(SESSIONS, session.owner)
+    ctx.store.delete(SESSIONS_DETACHED, session.owner)
 
 
-def owners(ctx: Context) -> list[str]:
-    return [key for key in ctx.store.keys(SESSIONS) if not key.startswith("t|")]
+def mark_detached(ctx: Context, session: Session, detached: bool) -> None:
+    """Keep the index of detached sessions the timer looks at (not every session, every second)."""
+    if detached:
+        ctx.store.put(SESSIONS_DETACHED, session.owner, "1")
+    else:
+        ctx.store.delete(SESSIONS_DETACHED, session.owner)
+
+
+def detached_owners(ctx: Context) -> list[str]:
+    return ctx.store.keys(SESSIONS_DETACHED)
 
 

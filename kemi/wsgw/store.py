@@ -23,6 +23,7 @@ CALLS_BY_SIP_ID = "callsip"
 COUNTERS = "gw"  # small housekeeping values (limits, start time, histogram sum)
 COUNTS = "gwn"  # integer counters only (metrics): the one table `incr` is for
 SESSIONS = "sess"  # session owner key -> Session JSON; "t|<resume token>" -> owner key (sessions.py)
+SESSIONS_DETACHED = "sessdet"  # owner keys of the detached sessions, for the timer (resume.tick)
 SESSION_EVENTS = "sessev"  # "<owner>|<seq>" -> a message kept for replay
 
 

@@ -293,3 +293,16 @@ def test_a_session_being_attached_does_not_expire(ctx, conn, clock):
     clock.advance(resume.ATTACH_STALE_AFTER)
     resume.tick(ctx)  # a takeover that never finished does not keep the session forever
     assert sessions.owner_of_token(ctx, token) is None
+
+
+def test_only_detached_sessions_are_indexed_for_the_timer(ctx, conn, conn2):
+    token = register(ctx, conn)
+    register(ctx, conn2, "5002")
+    assert sessions.detached_owners(ctx) == []
+    drop(ctx, conn)
+    assert sessions.detached_owners(ctx) == [conn.key]
+    attach(ctx, NEW, token)
+    assert sessions.detached_owners(ctx) == []
+    drop(ctx, NEW)
+    registrations.connection_closed(ctx, NEW)  # ended some other way: the index entry goes too
+    assert sessions.detached_owners(ctx) == []
