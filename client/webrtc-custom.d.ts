@@ -6,7 +6,8 @@ export interface GatewayOptions {
   iceServers?: RTCIceServer[];
   /** Default 'balanced'. */
   bundlePolicy?: RTCBundlePolicy;
-  /** How long to wait for more ICE candidates after the first one, ms. Default 250. */
+  /** How long to wait for more ICE candidates after the first one, ms. Default 150, so that the
+   * `call` frame leaves within 300 ms of dial even when a STUN server never answers. */
   iceGraceMs?: number;
   /** Longest wait for ICE candidates after setLocalDescription, ms. Default 2000. */
   iceCapMs?: number;

@@ -18,7 +18,7 @@
  * @typedef {object} GatewayOptions
  * @property {RTCIceServer[]} [iceServers] default [] (replaced by registered.payload.iceServers when sent)
  * @property {RTCBundlePolicy} [bundlePolicy] default 'balanced'
- * @property {number} [iceGraceMs] wait after the first ICE candidate, default 250
+ * @property {number} [iceGraceMs] wait after the first ICE candidate, default 150
  * @property {number} [iceCapMs] longest wait for ICE candidates, default 2000
  * @property {number} [requestTimeoutMs] default 10000 (register, hold, resume, dtmf, transfer: 60000; call, conference: none)
  * @property {number} [pingIntervalMs] default 20000
@@ -76,7 +76,7 @@ export class GatewayClient extends EventTarget {
     super();
     this.url = url;
     this.o = {
-      iceServers: [], bundlePolicy: 'balanced', iceGraceMs: 250, iceCapMs: 2000, requestTimeoutMs: 1e4,
+      iceServers: [], bundlePolicy: 'balanced', iceGraceMs: 150, iceCapMs: 2000, requestTimeoutMs: 1e4,
       pingIntervalMs: 2e4, codecs: ['PCMU', 'PCMA', 'telephone-event'], ...options,
       reconnect: { baseMs: 500, maxMs: 3e4, ...options.reconnect },
     };

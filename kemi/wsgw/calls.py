@@ -177,15 +177,27 @@ class Call:
         data = get_json(ctx.store, CALLS, key)
         return cls(**data) if data else None
 
+    def create(self, ctx: Context) -> None:
+        """Store a new record (and count it for the per-connection call limit)."""
+        self.save(ctx)
+        limits.call_added(ctx, self.owner_key)
+
     def save(self, ctx: Context) -> None:
         put_json(ctx.store, CALLS, self.key, vars(self))  # vars, not asdict: no deep copy, same JSON
         ctx.store.put(CALLS_BY_SIP_ID, self.leg_key, self.key)
 
     def forget(self, ctx: Context) -> None:
-        ctx.store.delete(CALLS, self.key)
+        if ctx.store.get(CALLS, self.key) is not None:  # forgotten twice counts once
+            ctx.store.delete(CALLS, self.key)
+            limits.call_removed(ctx, self.owner_key)
         # The leg index may name another tab's record of the same inbound call.
         if ctx.store.get(CALLS_BY_SIP_ID, self.leg_key) in (None, self.key):
             ctx.store.delete(CALLS_BY_SIP_ID, self.leg_key)
+
+    @property
+    def owner_key(self) -> str:
+        """The session the call belongs to (sessions.py): the first part of its key."""
+        return self.key.split("#", 1)[0]
 
     @property
     def owner(self) -> ConnRef:
@@ -331,6 +343,7 @@ def _place_call(ctx: Context, conn: ConnRef, request_id: str | None, req: CallPa
         return fail(503, exc.reason)
     ctx.log.info("call out call=%s sip_call_id=%s from=%s to=%s route=%s", call.call_id, call.sip_call_id, dn, req.to, decision.kind)
     events.emit(ctx, "call.out", callId=call.call_id, sipCallId=call.sip_call_id, dn=dn, to=req.to, route=decision.kind)
+    limits.call_added(ctx, call.owner_key)  # the record itself is stored by _send_invite
     if not _send_invite(ctx, call, ctx.config.session_expires, ctx.config.min_se):
         media.end(ctx, call)
         call.forget(ctx)
@@ -677,7 +690,7 @@ def ring_inbound(ctx: Context, invite: InboundInvite, t_index: int, t_label: int
             invite_cseq=invite.cseq, local_cseq=0, peer=invite.from_user, created_at=now,
             deadline=now + ctx.config.ring_timeout, t_index=t_index, t_label=t_label, remote_sdp=invite.sdp,
         )
-        call.save(ctx)
+        call.create(ctx)
         tabs.append(call)
     with ctx.store.lock(CALLS_BY_SIP_ID, _forks_key(tabs[0])):
         _set_forks(ctx, tabs[0], [c.key for c in tabs])
@@ -763,7 +776,7 @@ def _answer(ctx: Context, conn: ConnRef, request_id: str | None, req: CallIdPayl
         for key in forks(ctx, call):
             other = Call.load(ctx, key) if key != call.key else None
             if other is not None:
-                ctx.store.delete(CALLS, key)
+                other.forget(ctx)
                 send(ctx, other.owner, "answeredElsewhere", {"callId": other.call_id})
         _set_forks(ctx, call, [call.key])
     call.local_tag = local_tag or call.local_tag

@@ -67,6 +67,9 @@ class HtableStore:
         # sht_inc creates missing keys at 0.
         return int(KSR.htable.sht_inc(table, key))
 
+    def decr(self, table: str, key: str) -> int:
+        return int(KSR.htable.sht_dec(table, key))
+
     @contextmanager
     def lock(self, table: str, key: str) -> Iterator[None]:
         # htable slot locks are recursive within one process.

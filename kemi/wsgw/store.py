@@ -39,6 +39,10 @@ class Store(Protocol):
         Only for COUNTS, whose values are integers."""
         ...
 
+    def decr(self, table: str, key: str) -> int:
+        """Atomically subtract one and return the new value. Only for COUNTS."""
+        ...
+
     def lock(self, table: str, key: str) -> Any:
         """A context manager serialising read-modify-write of `key` across workers."""
         ...
@@ -73,6 +77,11 @@ class MemoryStore:
 
     def incr(self, table: str, key: str) -> int:
         value = int(self.tables.get(table, {}).get(key, "0")) + 1
+        self.put(table, key, str(value))
+        return value
+
+    def decr(self, table: str, key: str) -> int:
+        value = int(self.tables.get(table, {}).get(key, "0")) - 1
         self.put(table, key, str(value))
         return value
 
