@@ -13,6 +13,7 @@ stripping) use sdp-transform, a real SDP parser/writer.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import sdp_transform
@@ -31,6 +32,7 @@ class FilteredSdp:
 
 
 _PAYLOAD_ATTRIBUTES = ("a=rtpmap:", "a=fmtp:", "a=rtcp-fb:")
+_SDP_LINE = re.compile(r"[a-z]=")
 
 
 def _kept_payloads(payloads: list[str], rtpmap: dict[str, tuple[str, str]], allowed: list[str]) -> list[str]:
@@ -71,7 +73,9 @@ def _filter_audio(section: list[str], allowed: list[str]) -> tuple[list[str], li
 
 def apply_codec_policy(sdp: str, allowed: list[str] | tuple[str, ...]) -> FilteredSdp:
     """Filter every audio m-line of `sdp`; raise NoAllowedCodec if no voice codec is left."""
-    lines = [line for line in sdp.replace("\r\n", "\n").split("\n") if line]
+    # Only `<letter>=<value>` lines are SDP (RFC 4566 5); anything else (blank lines, text that
+    # looks like a SIP header) is dropped, as a full parser would.
+    lines = [line for line in sdp.replace("\r\n", "\n").split("\n") if _SDP_LINE.match(line)]
     if not lines or not lines[0].startswith("v="):
         raise ValueError("not an SDP")
     starts = [i for i, line in enumerate(lines) if line.startswith("m=")] + [len(lines)]

@@ -666,3 +666,13 @@ def test_strip_webrtc_attributes_keeps_directions():
     for direction in ("sendonly", "recvonly", "inactive", "sendrecv"):
         out = strip_webrtc_attributes(_RELAY_OFFER.replace("a=sendrecv", f"a={direction}"))
         assert _directions(out) == [direction]
+
+
+def test_lines_that_are_not_sdp_are_dropped():
+    """Only `<letter>=` lines are SDP: text shaped like a SIP header never reaches the SIP body."""
+    offer = CHROME_AUDIO_OFFER
+    for sdp in (offer + "X-Injected: 1\r\n", offer.replace("s=-\r\n", "s=-\nX-Injected: 1\n"),
+                offer + "\r\nX-Injected: 1\r\n", offer.replace("t=0 0\r\n", "t=0 0\r\n\r\nA=b\r\n")):
+        result = apply_codec_policy(sdp, ["PCMU"])
+        assert "X-Injected" not in result.sdp and "A=b" not in result.sdp
+        assert result.sdp.startswith("v=0\r\n") and "\r\n\r\n" not in result.sdp
