@@ -9,7 +9,6 @@ both pages, in both call directions, with GW_MEDIA=rtpengine.
 
 from __future__ import annotations
 
-import time
 
 import pytest
 
@@ -17,7 +16,8 @@ from harness.gateway import PASSWORDS, SUBSCRIBERS, Gateway
 from harness.rtpengine import RtpEngine
 from harness.sipws import SipWsClient
 
-from test_media_audio import STATS_JS, TIMEOUT, register_page
+from harness.webrtc_stats import AGENT_CALL, wait_audio
+from test_media_audio import TIMEOUT, register_page
 
 pytestmark = pytest.mark.integration
 
@@ -61,19 +61,8 @@ LEGACY_JS = """() => {
   };
 }"""
 
-LEGACY_STATS_JS = """async () => {
-  const out = {dtls: null, sent: 0, received: 0, level: 0, codec: null};
-  if (!window.legacy || !window.legacy.pc) return out;
-  const report = await window.legacy.pc.getStats();
-  const codecs = {};
-  report.forEach(s => { if (s.type === 'codec') codecs[s.id] = s.mimeType; });
-  report.forEach(s => {
-    if (s.type === 'transport') out.dtls = s.dtlsState;
-    if (s.type === 'outbound-rtp' && s.kind === 'audio') { out.sent = s.packetsSent; out.codec = codecs[s.codecId]; }
-    if (s.type === 'inbound-rtp' && s.kind === 'audio') { out.received = s.packetsReceived; out.level = s.audioLevel || 0; }
-  });
-  return out;
-}"""
+# The legacy browser's peer connection (LEGACY_JS).
+LEGACY_PC = "window.legacy && window.legacy.pc"
 
 
 @pytest.fixture(scope="module")
@@ -107,18 +96,6 @@ def legacy_browser(relay_setup, open_page):
         client.close()
 
 
-def wait_two_way_audio(pages: dict, timeout: float = 15.0) -> dict:
-    """Poll getStats on every page until each sends and receives audible audio, bounded."""
-    deadline = time.monotonic() + timeout
-    stats: dict = {}
-    while time.monotonic() < deadline:
-        stats = {name: page.evaluate(js) for name, (page, js) in pages.items()}
-        if all(s.get("received", 0) > 20 and s.get("level", 0) > 0 and s.get("sent", 0) > 0 for s in stats.values()):
-            return stats
-        time.sleep(0.25)
-    raise AssertionError(f"no two-way audio within {timeout} s: {stats}")
-
-
 def test_json_page_calls_legacy_browser_with_audio(relay_setup, open_page, legacy_browser):
     gw, relay = relay_setup
     bob, bob_media = legacy_browser("5002")
@@ -131,9 +108,9 @@ def test_json_page_calls_legacy_browser_with_audio(relay_setup, open_page, legac
     bob.ring(incoming)
     answer = bob_media.evaluate("sdp => window.legacy.answer(sdp)", incoming.invite.body)
     assert bob.answer(incoming, answer) is not None
-    stats = wait_two_way_audio({"json": (page, STATS_JS), "legacy": (bob_media, LEGACY_STATS_JS)})
-    assert stats["json"]["dtls"] == stats["legacy"]["dtls"] == "connected"
-    assert stats["legacy"]["codec"] == "audio/PCMU"
+    json_side, legacy_side = wait_audio((page, AGENT_CALL), (bob_media, LEGACY_PC))
+    assert json_side["dtls"] == legacy_side["dtls"] == "connected"
+    assert legacy_side["codec"] == "audio/PCMU"
     page.locator("#calls [data-call-id] .hangup").first.click()
     bob.answer_bye(incoming)
     assert relay.wait_no_calls() == []
@@ -151,7 +128,7 @@ def test_legacy_browser_calls_json_page_with_audio(relay_setup, open_page, legac
     final = alice.wait_final(dialog)
     assert final.status == 200 and "a=fingerprint:" in final.body
     alice_media.evaluate("sdp => window.legacy.accept(sdp)", final.body)
-    stats = wait_two_way_audio({"json": (page, STATS_JS), "legacy": (alice_media, LEGACY_STATS_JS)})
-    assert stats["json"]["dtls"] == stats["legacy"]["dtls"] == "connected"
+    json_side, legacy_side = wait_audio((page, AGENT_CALL), (alice_media, LEGACY_PC))
+    assert json_side["dtls"] == legacy_side["dtls"] == "connected"
     assert alice.bye(dialog).status == 200
     assert relay.wait_no_calls() == []

@@ -9,27 +9,11 @@ from harness.ports import free_port
 from harness.rtpengine import RtpEngine
 from harness.screenshots import screenshot
 from harness.sipp import Sipp
+from harness.webrtc_stats import AGENT_CALL, stats_js, wait_audio
 
 pytestmark = pytest.mark.integration
 
 TIMEOUT = 15_000
-
-# Reads the active call's RTCPeerConnection statistics in the page.
-STATS_JS = """async () => {
-  const call = [...window.gw.calls.values()].find(c => c.pc);
-  if (!call) return {calls: [...window.gw.calls.values()].map(c => c.state), log: document.querySelector('#log').textContent.slice(-3000)};
-  const report = await call.pc.getStats();
-  const out = {dtls: null, sent: 0, received: 0, level: 0, codec: null};
-  const codecs = {};
-  report.forEach(s => { if (s.type === 'codec') codecs[s.id] = s.mimeType; });
-  report.forEach(s => {
-    if (s.type === 'transport') out.dtls = s.dtlsState;
-    if (s.type === 'outbound-rtp' && s.kind === 'audio') { out.sent = s.packetsSent; out.codec = codecs[s.codecId]; }
-    if (s.type === 'inbound-rtp' && s.kind === 'audio') { out.received = s.packetsReceived; out.level = s.audioLevel || 0; }
-  });
-  return out;
-}"""
-
 
 @pytest.fixture(scope="module")
 def echo_setup(workdir):
@@ -44,18 +28,6 @@ def echo_setup(workdir):
         relay.stop()
 
 
-def wait_audio(page, timeout: float = 15.0) -> dict:
-    """Poll getStats (page.evaluate awaits the promise) until audio flows both ways, bounded."""
-    deadline = time.monotonic() + timeout
-    stats: dict = {}
-    while time.monotonic() < deadline:
-        stats = page.evaluate(STATS_JS)
-        if stats.get("received", 0) > 20 and stats.get("level", 0) > 0 and stats.get("sent", 0) > 0:
-            return stats
-        time.sleep(0.25)
-    raise AssertionError(f"no two-way audio within {timeout} s: {stats}")
-
-
 def test_echo_call_has_two_way_audio(echo_setup, open_page, tmp_path):
     gw, relay, echo_port = echo_setup
     with Sipp("uas_answer_wait_bye.xml", tmp_path, local_port=echo_port, timeout=40,
@@ -67,7 +39,7 @@ def test_echo_call_has_two_way_audio(echo_setup, open_page, tmp_path):
         page.wait_for_function("document.querySelector('#regState').textContent.trim() === 'registered'")
         page.fill("#number", "9196")
         page.click("#callBtn")
-        stats = wait_audio(page)
+        [stats] = wait_audio((page, AGENT_CALL))
         assert stats["dtls"] == "connected"
         assert stats["sent"] > 0 and stats["received"] > 0 and stats["level"] > 0
         assert stats["codec"] == "audio/PCMU"
@@ -94,7 +66,7 @@ def test_ringing_before_answer_still_gets_audio(echo_setup, open_page, tmp_path)
         register_page(page, "5007")
         page.fill("#number", "9196")
         page.click("#callBtn")
-        stats = wait_audio(page)
+        [stats] = wait_audio((page, AGENT_CALL))
         assert stats["dtls"] == "connected"
         page.locator("#calls [data-call-id] .hangup").first.click()
         assert sipp.wait(15) == 0, sipp.describe()
@@ -109,7 +81,7 @@ def test_inbound_call_answered_in_the_page_has_audio(echo_setup, open_page, tmp_
               timeout=40, extra_args=["-rtp_echo", "-mp", str(free_port())]) as sipp:
         page.locator("#incoming").wait_for(state="visible", timeout=TIMEOUT)
         page.locator("#calls [data-call-id] .answer").first.click()
-        stats = wait_audio(page)
+        [stats] = wait_audio((page, AGENT_CALL))
         assert stats["dtls"] == "connected" and stats["codec"] == "audio/PCMU"
         page.locator("#calls [data-call-id] .hangup").first.click()
         assert sipp.wait(15) == 0, sipp.describe()
@@ -124,13 +96,13 @@ def test_audio_flows_again_after_hold_and_resume(echo_setup, open_page, tmp_path
         register_page(page, "5009")
         page.fill("#number", "9196")
         page.click("#callBtn")
-        wait_audio(page)
+        wait_audio((page, AGENT_CALL))
         row = page.locator("#calls [data-call-id]").first
         row.locator(".hold").click()
         row.locator(".callState").filter(has_text="held").wait_for(timeout=TIMEOUT)
         row.locator(".resume").click()
         row.locator(".callState").filter(has_text="active").wait_for(timeout=TIMEOUT)
-        before = page.evaluate(STATS_JS)["received"]
+        before = page.evaluate(stats_js(AGENT_CALL))["received"]
         after = wait_audio_growth(page, before)
         assert after > before
         row.locator(".hangup").click()
@@ -142,7 +114,7 @@ def wait_audio_growth(page, before: int, timeout: float = 10.0) -> int:
     deadline = time.monotonic() + timeout
     received = before
     while time.monotonic() < deadline:
-        received = page.evaluate(STATS_JS).get("received", 0)
+        received = page.evaluate(stats_js(AGENT_CALL)).get("received", 0)
         if received > before + 20:
             return received
         time.sleep(0.25)

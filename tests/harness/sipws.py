@@ -15,16 +15,15 @@ from kemi/wsgw/digest.py, so that it cross-checks Kamailio's auth module.
 from __future__ import annotations
 
 import hashlib
-import queue
 import re
 import secrets
 import threading
-import time
 from dataclasses import dataclass, field
-from typing import Callable
 
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
+
+from .inbox import Inbox
 
 
 @dataclass
@@ -173,7 +172,7 @@ def _token() -> str:
     return secrets.token_hex(6)
 
 
-class SipWsClient:
+class SipWsClient(Inbox[SipMessage]):
     """A legacy (JsSIP-like) agent: `SipWsClient(url, "5001", "agent5001")`."""
 
     def __init__(self, url: str, user: str, password: str = "", domain: str = "gw.test",
@@ -182,15 +181,13 @@ class SipWsClient:
         # JsSIP's use_preloaded_route: a Route header (the server) on initial INVITEs.
         self.preloaded_route = preloaded_route
         self.display_name = display_name
-        self.timeout = timeout
+        super().__init__(timeout)
         self.aor = f"sip:{user}@{domain}"
         self.via_host = f"{_token()}.invalid"
         self.contact_uri = f"sip:{_token()}@{_token()}.invalid;transport=ws"
         self.instance = f"<urn:uuid:{secrets.token_hex(4)}-0000-4000-8000-{secrets.token_hex(6)}>"
         self._cm = connect(url, subprotocols=["sip"], open_timeout=timeout, max_size=2**20)
         self.ws = self._cm.__enter__()
-        self.messages: "queue.Queue[SipMessage]" = queue.Queue()
-        self.backlog: list[SipMessage] = []
         self.received: list[SipMessage] = []  # everything, for assertions
         self.closed = threading.Event()
         self.reg_call_id = f"{_token()}{_token()}"
@@ -228,25 +225,6 @@ class SipWsClient:
 
     def send_text(self, text: str) -> None:
         self.ws.send(text)
-
-    def wait(self, predicate: Callable[[SipMessage], bool], timeout: float | None = None,
-             what: str = "message") -> SipMessage:
-        for i, msg in enumerate(self.backlog):
-            if predicate(msg):
-                return self.backlog.pop(i)
-        limit = timeout or self.timeout
-        deadline = time.monotonic() + limit
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise TimeoutError(f"no {what} within {limit}s; unconsumed: {[str(m) for m in self.backlog]}")
-            try:
-                msg = self.messages.get(timeout=remaining)
-            except queue.Empty:
-                continue
-            if predicate(msg):
-                return msg
-            self.backlog.append(msg)
 
     def wait_request(self, method: str, timeout: float | None = None, call_id: str | None = None) -> SipMessage:
         return self.wait(lambda m: m.is_request and m.method == method and (call_id is None or m.call_id == call_id),

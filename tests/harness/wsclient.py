@@ -9,25 +9,23 @@ from __future__ import annotations
 
 import itertools
 import json
-import queue
 import threading
-import time
 from typing import Any
 
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
+from .inbox import Inbox
 
-class WsClient:
+
+class WsClient(Inbox[dict]):
     _ids = itertools.count(1)
 
     def __init__(self, url: str, timeout: float = 10.0, origin: str | None = None) -> None:
-        self.timeout = timeout
+        super().__init__(timeout)
         # Entered as a context manager, as websockets wants for a long-lived connection.
         self._cm = connect(url, subprotocols=["sip"], open_timeout=timeout, max_size=2**20, origin=origin)
         self.ws = self._cm.__enter__()
-        self.messages: "queue.Queue[dict]" = queue.Queue()
-        self.backlog: list[dict] = []  # received but not yet consumed
         self.closed = threading.Event()
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
@@ -78,23 +76,6 @@ class WsClient:
         return self.wait(lambda m: m.get("id") == request_id, timeout, f"reply to {msg_type} {request_id}")
 
     # -- receiving --
-
-    def wait(self, predicate, timeout: float | None = None, what: str = "message") -> dict:
-        for i, msg in enumerate(self.backlog):
-            if predicate(msg):
-                return self.backlog.pop(i)
-        deadline = time.monotonic() + (timeout or self.timeout)
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise TimeoutError(f"no {what} within {timeout or self.timeout}s; unconsumed: {self.backlog}")
-            try:
-                msg = self.messages.get(timeout=remaining)
-            except queue.Empty:
-                continue
-            if predicate(msg):
-                return msg
-            self.backlog.append(msg)
 
     def wait_for(self, msg_type: str, timeout: float | None = None, **payload_match: Any) -> dict:
         def matches(m: dict) -> bool:
