@@ -571,6 +571,7 @@ def _cancel(ctx: Context, call: Call) -> None:
     media.end(ctx, call)
     call.save(ctx)
     ctx.sip.cancel(call.sip_call_id, call.invite_cseq)
+    events.cancelled(ctx, call.call_id, call.sip_call_id, call.invite_cseq)
     _cancel_looped_leg(ctx, call)
     if call.referred_by:
         from . import transfer

@@ -8,7 +8,7 @@ the `call` frame, the INVITE, each reply, the frames to the browser, the BYE.
 Events:
   ws.in      a client frame (type, id, callId)
   ws.out     a frame to a client (type, id, seq, callId, code for errors, timing for callAccepted)
-  sip.out    a request the gateway sends (method, ruri, cseq); a CANCEL has no callId
+  sip.out    a request the gateway sends (method, ruri, cseq), CANCEL included
   sip.reply  a reply the gateway sends to a request from the network (code, method)
   sip.in     a request from the network (method, src)
   sip.resp   a reply to one of the gateway's requests (status, method, cseq)
@@ -105,6 +105,11 @@ def sip_resp(ctx: "Context", status: int, method: str, cseq: int, sip_call_id: s
          callId=_client_call_id(key_for_reply(ctx, sip_call_id, from_tag, to_tag)))
 
 
+def cancelled(ctx: "Context", call_id: str, sip_call_id: str, cseq: int) -> None:
+    """A CANCEL of the call's INVITE (or re-INVITE) was sent (SipPort.cancel knows no callId)."""
+    emit(ctx, "sip.out", method="CANCEL", cseq=f"{cseq} CANCEL", sipCallId=sip_call_id, callId=call_id)
+
+
 class LoggedSipPort:
     """A SipPort that logs each SIP step it is asked for, then does it."""
 
@@ -128,7 +133,7 @@ class LoggedSipPort:
         return self.inner.send_request(request)
 
     def cancel(self, sip_call_id: str, invite_cseq: int) -> bool:
-        emit(self.ctx, "sip.out", method="CANCEL", cseq=f"{invite_cseq} CANCEL", sipCallId=sip_call_id)
+        # Logged by the callers (cancelled()): they know the call; a Call-ID alone does not name it.
         return self.inner.cancel(sip_call_id, invite_cseq)
 
     def reply_suspended(self, t_index: int, t_label: int, code: int, reason: str, headers: str,

@@ -14,7 +14,7 @@ import random
 import re
 from dataclasses import dataclass
 
-from . import errors, media, protocol
+from . import errors, events, media, protocol
 from .calls import (CONFIRMED, Call, _contact_uri, _send_bye, contact, key_for_request, locked, own_call,
                     restart_session_timer, sdp_field, send, send_in_dialog)
 from .connections import ConnRef
@@ -428,6 +428,7 @@ def tick_call(ctx: Context, call: Call, now: float) -> None:
                 _send_reinvite(ctx, call)
         elif not pending["retry_at"] and now - pending["sent_at"] > ctx.config.sip_timeout:
             ctx.sip.cancel(call.sip_call_id, pending["cseq"])  # so a late 2xx cannot set up media we gave up on
+            events.cancelled(ctx, call.call_id, call.sip_call_id, pending["cseq"])
             _reinvite_failed(ctx, call, "the far end did not answer the re-INVITE")
     if call.update_in and now >= call.update_in["deadline"]:
         # The browser stayed silent: answer with what was agreed before, direction mirrored.

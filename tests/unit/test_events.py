@@ -86,3 +86,12 @@ def test_off_and_file_sinks(tmp_path):
 def test_no_sink_no_cost(ctx, caller):
     assert ctx.events is None
     place(ctx, caller)  # nothing to write, nothing fails
+
+
+def test_a_cancel_carries_the_call_id(ctx, caller):
+    sink = ctx.events = ListSink()  # the CANCEL is logged by calls.py itself, not by the SIP port
+    call, invite = place(ctx, caller, call_id="c9")
+    calls.on_reply(ctx, reply(invite, 180, "Ringing", to_tag="t"))
+    calls.hangup(ctx, caller, "h", CallIdPayload(call_id="c9"))
+    [cancel] = [r for r in sink.records() if r.get("method") == "CANCEL"]
+    assert cancel["callId"] == "c9" and cancel["sipCallId"] == call.sip_call_id and cancel["cseq"] == "1 CANCEL"
