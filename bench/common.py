@@ -360,8 +360,28 @@ GATEWAY_LOAD_ENV = {
 }
 
 
+class _KamailioProc:
+    """What both Kamailio launchers share once started: `proc` and the `ctl` socket."""
+
+    proc: "Proc | None"
+    ctl: Path
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def stop(self) -> None:
+        if self.proc:
+            self.proc.stop()
+            self.proc = None
+
+    def kamcmd(self, *args: str) -> str:
+        return kamcmd(self.ctl, *args)
+
+
 @dataclass
-class GatewayProc:
+class GatewayProc(_KamailioProc):
     """The gateway (kamailio/run-gateway.sh of `root`) on free loopback ports, with a ctl socket for kamcmd."""
 
     root: Path
@@ -403,22 +423,10 @@ class GatewayProc:
         wait_until(lambda: http_ok(f"http://127.0.0.1:{self.ws_port}/health"), timeout, self.proc, "gateway")
         return self
 
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def stop(self) -> None:
-        if self.proc:
-            self.proc.stop()
-            self.proc = None
-
-    def kamcmd(self, *args: str) -> str:
-        return kamcmd(self.ctl, *args)
 
 
 @dataclass
-class PlainKamailio:
+class PlainKamailio(_KamailioProc):
     """Plain Kamailio (bench/kamailio-plain.cfg): SIP over WebSocket proxy to `upstream` (host:port)."""
 
     workdir: Path
@@ -449,18 +457,6 @@ class PlainKamailio:
         time.sleep(0.5)  # workers forked after the listener exists
         return self
 
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def stop(self) -> None:
-        if self.proc:
-            self.proc.stop()
-            self.proc = None
-
-    def kamcmd(self, *args: str) -> str:
-        return kamcmd(self.ctl, *args)
 
 
 def kamcmd(ctl: Path, *args: str) -> str:
