@@ -1,10 +1,16 @@
-"""What a test client's reader thread has received, and waiting for the message a test wants."""
+"""A test client's WebSocket: a reader thread queues every message, and wait() finds the one a
+test wants. Shared by the JSON client (wsclient.py) and the SIP-over-WebSocket one (sipws.py)."""
 
 from __future__ import annotations
 
 import queue
+import socket
+import threading
 import time
 from typing import Callable, Generic, TypeVar
+
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect
 
 M = TypeVar("M")
 
@@ -35,3 +41,48 @@ class Inbox(Generic[M]):
             if predicate(msg):
                 return msg
             self.backlog.append(msg)
+
+
+class WsConnection(Inbox[M]):
+    """A WebSocket with subprotocol `sip` (what the gateway accepts) whose reader thread queues
+    what `parse` makes of each frame (None: nothing to queue)."""
+
+    def __init__(self, url: str, timeout: float = 10.0, origin: str | None = None) -> None:
+        super().__init__(timeout)
+        # Entered as a context manager, as websockets wants for a long-lived connection.
+        self._cm = connect(url, subprotocols=["sip"], open_timeout=timeout, max_size=2**20, origin=origin)
+        self.ws = self._cm.__enter__()
+        self.closed = threading.Event()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def parse(self, text: str) -> M | None:
+        raise NotImplementedError
+
+    def _read(self) -> None:
+        try:
+            while True:
+                frame = self.ws.recv()
+                msg = self.parse(frame if isinstance(frame, str) else frame.decode())
+                if msg is not None:
+                    self.messages.put(msg)
+        except ConnectionClosed:
+            pass
+        finally:
+            self.closed.set()
+
+    def close(self) -> None:
+        self._cm.__exit__(None, None, None)
+        self._reader.join(timeout=5)
+
+    def drop(self) -> None:
+        """Lose the connection as a network failure does: the TCP socket goes, no close frame."""
+        self.ws.socket.shutdown(socket.SHUT_RDWR)
+        self.ws.socket.close()
+        # Not joined: the reader notices in its own time, and the test must not wait for it.
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -17,13 +17,9 @@ from __future__ import annotations
 import hashlib
 import re
 import secrets
-import threading
 from dataclasses import dataclass, field
 
-from websockets.exceptions import ConnectionClosed
-from websockets.sync.client import connect
-
-from .inbox import Inbox
+from .inbox import WsConnection
 
 
 @dataclass
@@ -172,7 +168,7 @@ def _token() -> str:
     return secrets.token_hex(6)
 
 
-class SipWsClient(Inbox[SipMessage]):
+class SipWsClient(WsConnection[SipMessage]):
     """A legacy (JsSIP-like) agent: `SipWsClient(url, "5001", "agent5001")`."""
 
     def __init__(self, url: str, user: str, password: str = "", domain: str = "gw.test",
@@ -181,47 +177,24 @@ class SipWsClient(Inbox[SipMessage]):
         # JsSIP's use_preloaded_route: a Route header (the server) on initial INVITEs.
         self.preloaded_route = preloaded_route
         self.display_name = display_name
-        super().__init__(timeout)
         self.aor = f"sip:{user}@{domain}"
         self.via_host = f"{_token()}.invalid"
         self.contact_uri = f"sip:{_token()}@{_token()}.invalid;transport=ws"
         self.instance = f"<urn:uuid:{secrets.token_hex(4)}-0000-4000-8000-{secrets.token_hex(6)}>"
-        self._cm = connect(url, subprotocols=["sip"], open_timeout=timeout, max_size=2**20)
-        self.ws = self._cm.__enter__()
-        self.received: list[SipMessage] = []  # everything, for assertions
-        self.closed = threading.Event()
+        self.received: list[SipMessage] = []  # everything, for assertions (before the reader starts)
         self.reg_call_id = f"{_token()}{_token()}"
         self.reg_from_tag = _token()
         self.reg_cseq = 0
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
+        super().__init__(url, timeout)
 
     # -- transport --
 
-    def _read(self) -> None:
-        try:
-            while True:
-                frame = self.ws.recv()
-                text = frame if isinstance(frame, str) else frame.decode()
-                if not text.strip():
-                    continue  # CRLF keep-alive
-                msg = parse_message(text)
-                self.received.append(msg)
-                self.messages.put(msg)
-        except ConnectionClosed:
-            pass
-        finally:
-            self.closed.set()
-
-    def close(self) -> None:
-        self._cm.__exit__(None, None, None)
-        self._reader.join(timeout=5)
-
-    def __enter__(self) -> "SipWsClient":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def parse(self, text: str) -> SipMessage | None:
+        if not text.strip():
+            return None  # CRLF keep-alive
+        msg = parse_message(text)
+        self.received.append(msg)
+        return msg
 
     def send_text(self, text: str) -> None:
         self.ws.send(text)

@@ -9,53 +9,16 @@ from __future__ import annotations
 
 import itertools
 import json
-import threading
 from typing import Any
 
-from websockets.exceptions import ConnectionClosed
-from websockets.sync.client import connect
-
-from .inbox import Inbox
+from .inbox import WsConnection
 
 
-class WsClient(Inbox[dict]):
+class WsClient(WsConnection[dict]):
     _ids = itertools.count(1)
 
-    def __init__(self, url: str, timeout: float = 10.0, origin: str | None = None) -> None:
-        super().__init__(timeout)
-        # Entered as a context manager, as websockets wants for a long-lived connection.
-        self._cm = connect(url, subprotocols=["sip"], open_timeout=timeout, max_size=2**20, origin=origin)
-        self.ws = self._cm.__enter__()
-        self.closed = threading.Event()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        try:
-            while True:
-                self.messages.put(json.loads(self.ws.recv()))
-        except ConnectionClosed:
-            pass
-        finally:
-            self.closed.set()
-
-    def close(self) -> None:
-        self._cm.__exit__(None, None, None)
-        self._reader.join(timeout=5)
-
-    def drop(self) -> None:
-        """Lose the connection as a network failure does: the TCP socket goes, no close frame."""
-        import socket
-
-        self.ws.socket.shutdown(socket.SHUT_RDWR)
-        self.ws.socket.close()
-        # Not joined: the reader notices in its own time, and the test must not wait for it.
-
-    def __enter__(self) -> "WsClient":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def parse(self, text: str) -> dict:
+        return json.loads(text)
 
     # -- sending --
 
