@@ -85,8 +85,10 @@ async def measured_step(name: str, load, kam_pid: int, sipp_pid: int, rate: floa
 
 async def find_max(name: str, load, kam_pid: int, sipp_pid: int, args, drain) -> dict:
     steps, rate, good, bad = [], args.start_rate, None, None
-    for _ in range(args.max_steps):
-        doc = await measured_step(name, load, kam_pid, sipp_pid, rate, args.step_calls)
+
+    async def step(at: int) -> dict:
+        """One measured step at `at` calls/s (repeated once when other processes were busy)."""
+        doc = await measured_step(name, load, kam_pid, sipp_pid, at, args.step_calls)
         doc.pop("_lat")
         steps.append(doc)
         await drain()
@@ -95,12 +97,15 @@ async def find_max(name: str, load, kam_pid: int, sipp_pid: int, args, drain) ->
             # this step: try the same rate once more before calling it the limit.
             print(f"  (other processes used {doc['cpu']['other_cpu_s']:.1f}s CPU during that step: repeating it)")
             doc["retried_because_busy"] = True
-            doc = await measured_step(name, load, kam_pid, sipp_pid, rate, args.step_calls)
+            doc = await measured_step(name, load, kam_pid, sipp_pid, at, args.step_calls)
             doc.pop("_lat")
             doc["retry"] = True
             steps.append(doc)
             await drain()
-        if doc["pass"]:
+        return doc
+
+    for _ in range(args.max_steps):
+        if (await step(rate))["pass"]:
             good = rate
             rate = round(rate * args.factor)
         else:
@@ -110,19 +115,7 @@ async def find_max(name: str, load, kam_pid: int, sipp_pid: int, args, drain) ->
         if good is None or bad is None or bad - good < 0.08 * good:
             break
         mid = round((good + bad) / 2)
-        doc = await measured_step(name, load, kam_pid, sipp_pid, mid, args.step_calls)
-        doc.pop("_lat")
-        steps.append(doc)
-        await drain()
-        if not doc["pass"] and busy(doc, args):
-            print(f"  (other processes used {doc['cpu']['other_cpu_s']:.1f}s CPU during that step: repeating it)")
-            doc["retried_because_busy"] = True
-            doc = await measured_step(name, load, kam_pid, sipp_pid, mid, args.step_calls)
-            doc.pop("_lat")
-            doc["retry"] = True
-            steps.append(doc)
-            await drain()
-        if doc["pass"]:
+        if (await step(mid))["pass"]:
             good = mid
         else:
             bad = mid

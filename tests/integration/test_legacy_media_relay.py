@@ -14,12 +14,12 @@ from typing import Iterator
 
 import pytest
 
-from harness.gateway import PASSWORDS, Gateway, embedded_env, wait_no_calls
+from harness.gateway import Gateway, embedded_env, wait_no_calls
 from harness.ports import free_port
 from harness.rtpengine import NgClient, RtpEngine
 from harness.sdp import CHROME_OFFER, with_direction
 from harness.sipp import Sipp, free_udp_port
-from harness.wsclient import WsClient
+from test_legacy_sipws import json_agent, legacy_cancels_call_to_json
 
 pytestmark = pytest.mark.integration
 
@@ -70,12 +70,6 @@ def no_relay_session_left(rtpengine: RtpEngine) -> Iterator[None]:
         for call_id in left:
             NgClient(rtpengine.address).command("delete", **{"call-id": call_id, "delete-delay": 0})
         pytest.fail(f"rtpengine still holds {left} after the test")
-
-
-def json_agent(client_factory, gateway: Gateway, dn: str) -> WsClient:
-    agent = client_factory(gateway)
-    assert agent.register(dn, PASSWORDS[dn])["type"] == "registered"
-    return agent
 
 
 def assert_webrtc_from_relay(sdp: str, relay: RtpEngine) -> None:
@@ -193,14 +187,7 @@ def test_legacy_rejects_json_call(gw, rtpengine, legacy_factory, client_factory)
 
 
 def test_legacy_cancels_call_to_json(gw, rtpengine, legacy_factory, client_factory):
-    alice = legacy_factory(gw, "5009")
-    bob = json_agent(client_factory, gw, "5010")
-    dialog, _ = alice.invite("5010", CHROME_OFFER, wait_final=False)
-    call_id = bob.wait_for("incomingCall")["payload"]["callId"]
-    assert alice.cancel(dialog).status == 200
-    assert bob.wait_for("callCancelled", callId=call_id)
-    assert alice.wait_final(dialog).status == 487
-    assert wait_no_calls(gw)["calls"] == 0
+    legacy_cancels_call_to_json(gw, legacy_factory, client_factory, "5009", "5010")  # then no relay session left
 
 
 def test_legacy_call_to_nobody_frees_the_relay(gw, rtpengine, legacy_factory):

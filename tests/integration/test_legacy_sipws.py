@@ -378,15 +378,20 @@ def test_legacy_and_json_mid_call(gw, legacy_factory, client_factory):
 
 
 
-def test_legacy_cancels_call_to_json(gw, legacy_factory, client_factory):
-    alice = legacy_factory(gw, "5007")
-    bob = json_agent(client_factory, gw, "5008")
-    dialog, _ = alice.invite("5008", CHROME_OFFER, wait_final=False)
+def legacy_cancels_call_to_json(gw, legacy_factory, client_factory, caller: str, callee: str) -> None:
+    """A legacy client CANCELs its INVITE to a ringing JSON client (test_legacy_media_relay too)."""
+    alice = legacy_factory(gw, caller)
+    bob = json_agent(client_factory, gw, callee)
+    dialog, _ = alice.invite(callee, CHROME_OFFER, wait_final=False)
     call_id = bob.wait_for("incomingCall")["payload"]["callId"]
     assert alice.cancel(dialog).status == 200
     assert bob.wait_for("callCancelled", callId=call_id)
     assert alice.wait_final(dialog).status == 487
     assert wait_no_calls(gw)["calls"] == 0
+
+
+def test_legacy_cancels_call_to_json(gw, legacy_factory, client_factory):
+    legacy_cancels_call_to_json(gw, legacy_factory, client_factory, "5007", "5008")
 
 
 def test_json_rejects_legacy_call(gw, legacy_factory, client_factory):
