@@ -112,7 +112,8 @@ def test_a_client_cannot_touch_another_clients_call(agent, upstream_gateway, reg
 def test_call_accepted_reports_setup_timing_and_metrics(agent, upstream_gateway, registrar_port, tmp_path):
     import urllib.request
 
-    with pbx(tmp_path, registrar_port, "uas_answer_wait_bye.xml") as sipp:
+    # Ringing for 1 s: a 180 sent right before the 200 may be handled by another worker after it.
+    with pbx(tmp_path, registrar_port, "uas_ring_then_answer.xml") as sipp:
         reply = agent.request("call", {"to": "6001", "callId": "tm", "sdp": CHROME_OFFER})
         timing = reply["payload"]["timing"]
         assert set(timing) >= {"invite", "ringing", "answered", "accepted"}

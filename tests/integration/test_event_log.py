@@ -71,7 +71,10 @@ def test_one_call_followed_end_to_end_by_its_call_id(gw, pbx_port, client_factor
     sip_call_ids = {r["sipCallId"] for r in records if "sipCallId" in r}
     assert len(sip_call_ids) == 1
     accepted = next(r for r in records if r.get("type") == "callAccepted")
-    assert {"invite", "trying", "ringing", "answered", "accepted"} <= set(accepted["timing"])
+    # 100 and 180 may be handled by another worker after the 200 (then they are not milestones).
+    timing = accepted["timing"]
+    assert {"invite", "answered", "accepted"} <= set(timing) <= {"invite", "trying", "ringing", "answered", "accepted"}
+    assert timing["invite"] <= timing["answered"] <= timing["accepted"]
     text = metrics(gw)
     assert 'wsgw_calls_answered_total{direction="outbound"} 1' in text
     assert "wsgw_websocket_connections_open 1" in text
